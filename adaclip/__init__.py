@@ -1,0 +1,42 @@
+"""adaclip: adaptive gradient clipping for JAX, as composable Optax transformations."""
+
+import importlib.metadata
+
+from adaclip._base import ThresholdRule as ThresholdRule
+from adaclip._clippers import ClipState as ClipState
+from adaclip._clippers import clip_by_global_norm as clip_by_global_norm
+from adaclip._clippers import clip_by_leaf_norm as clip_by_leaf_norm
+from adaclip._clippers import clip_by_value as clip_by_value
+from adaclip._ema_rules import EmaState as EmaState
+from adaclip._ema_rules import ema as ema
+from adaclip._metrics import metrics as metrics
+from adaclip._schedule_rules import FixedState as FixedState
+from adaclip._schedule_rules import ScheduleState as ScheduleState
+from adaclip._schedule_rules import decaying as decaying
+from adaclip._schedule_rules import fixed as fixed
+from adaclip._schedule_rules import scheduled as scheduled
+from adaclip._window_rules import WindowState as WindowState
+from adaclip._window_rules import moving_average as moving_average
+
+try:
+    __version__ = importlib.metadata.version("adaclip")
+except importlib.metadata.PackageNotFoundError:  # pragma: no cover - source checkout
+    __version__ = "0.0.0"
+
+__all__ = [
+    "ClipState",
+    "EmaState",
+    "FixedState",
+    "ScheduleState",
+    "ThresholdRule",
+    "WindowState",
+    "clip_by_global_norm",
+    "clip_by_leaf_norm",
+    "clip_by_value",
+    "decaying",
+    "ema",
+    "fixed",
+    "metrics",
+    "moving_average",
+    "scheduled",
+]

@@ -1,0 +1,266 @@
+"""Clippers: measure a statistic of the gradients, ask a rule for a threshold, scale."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from adaclip import _numerics, _validation
+from adaclip._base import PyTree, ThresholdLike, as_rule, step_rule
+
+NONFINITE = ("skip", "propagate")
+
+
+class ClipState(NamedTuple):
+    """State of every adaclip clipper; its fields other than ``rule_state`` are
+    the metrics that :func:`adaclip.metrics` reports.
+
+    Shapes are ``()`` for global and value clipping and ``(n_leaves,)`` for
+    per-leaf clipping. On a step whose statistic is not finite, ``norm``,
+    ``threshold``, ``clip_rate`` and ``rule_state`` keep their previous values,
+    ``clipped`` is False and ``nonfinite_count`` goes up by one.
+    """
+
+    norm: jax.Array  # float32: the last finite statistic (L2 norm, or max |g|).
+    threshold: jax.Array  # float32: the threshold the rule set for that step.
+    clipped: jax.Array  # bool: whether that step was clipped.
+    clip_rate: jax.Array  # float32: fraction of finite steps clipped so far.
+    nonfinite_count: jax.Array  # int32, (): steps with a NaN/Inf statistic.
+    count: jax.Array  # int32, (): all steps taken, finite or not.
+    rule_state: PyTree  # the threshold rule's own state.
+
+
+def _make_clipper(
+    threshold: ThresholdLike,
+    nonfinite: str,
+    axis_name: Any,
+    statistic_fn: Callable[[list[jax.Array], Any], jax.Array],
+    apply_fn: Callable[[jax.Array, jax.Array, jax.Array, jax.Array], jax.Array],
+    per_leaf: bool,
+) -> optax.GradientTransformationExtraArgs:
+    """The machinery shared by all clippers.
+
+    ``statistic_fn(leaves, axis_name)`` returns the float32 statistic;
+    ``apply_fn(g, stat, threshold, keep)`` returns the clipped leaf ``g``,
+    given this leaf's entry of the statistic and threshold and whether the
+    step is finite (False zeroes the leaf).
+    """
+    _validation.check_choice("nonfinite", nonfinite, NONFINITE)
+    rule = as_rule(threshold)
+
+    def init_fn(params):
+        leaves = jax.tree.leaves(params)
+        shape = (len(leaves),) if per_leaf else ()
+        zeros = jnp.zeros(shape, jnp.float32)
+        return ClipState(
+            norm=zeros,
+            threshold=zeros,
+            clipped=jnp.zeros(shape, jnp.bool_),
+            clip_rate=zeros,
+            nonfinite_count=jnp.zeros([], jnp.int32),
+            count=jnp.zeros([], jnp.int32),
+            rule_state=rule.init(zeros),
+        )
+
+    def update_fn(updates, state, params=None, **extra_args):
+        del params, extra_args
+        leaves, treedef = jax.tree.flatten(updates)
+        stat = statistic_fn(leaves, axis_name)
+        threshold, rule_state, finite = step_rule(rule, stat, state.rule_state)
+        threshold = jnp.where(finite, threshold, state.threshold)
+        clipped = finite & (stat > threshold)
+
+        # "propagate" lets a non-finite step through untouched (scale 1).
+        keep = jnp.asarray(True) if nonfinite == "propagate" else finite
+        scale_stat = jnp.where(finite, stat, 0.0)
+        if per_leaf:
+            new_leaves = [
+                apply_fn(g, scale_stat[i], threshold[i], keep) for i, g in enumerate(leaves)
+            ]
+        else:
+            new_leaves = [apply_fn(g, scale_stat, threshold, keep) for g in leaves]
+
+        finite_steps = (state.count - state.nonfinite_count + 1).astype(jnp.float32)
+        clip_rate = state.clip_rate + (clipped.astype(jnp.float32) - state.clip_rate) / finite_steps
+        new_state = ClipState(
+            norm=jnp.where(finite, stat, state.norm),
+            threshold=threshold,
+            clipped=clipped,
+            clip_rate=jnp.where(finite, clip_rate, state.clip_rate),
+            nonfinite_count=state.nonfinite_count + (~finite).astype(jnp.int32),
+            count=optax.safe_increment(state.count),
+            rule_state=rule_state,
+        )
+        return jax.tree.unflatten(treedef, new_leaves), new_state
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _scale_leaf(g: jax.Array, norm: jax.Array, threshold: jax.Array, keep: jax.Array) -> jax.Array:
+    """``g * min(1, threshold / norm)`` with one float32 scalar multiply.
+
+    The scale is a scalar, so XLA fuses the multiply into whatever reads the
+    clipped gradient next (Adam's moment updates) instead of writing a new
+    gradient tree. ``keep=False`` zeroes the leaf (a skipped step), with a
+    select rather than a multiply so NaN elements become 0.
+    """
+    scale = jnp.where(norm > threshold, threshold / norm, 1.0)
+    out = g.astype(jnp.float32) * scale
+    return jnp.where(keep, out, 0.0).astype(g.dtype)
+
+
+def _clamp_leaf(
+    g: jax.Array, max_abs: jax.Array, threshold: jax.Array, keep: jax.Array
+) -> jax.Array:
+    """Element-wise clamp of ``g`` to ``[-threshold, threshold]``."""
+    del max_abs
+    out = jnp.clip(g.astype(jnp.float32), -threshold, threshold)
+    return jnp.where(keep, out, 0.0).astype(g.dtype)
+
+
+_DOC_COMMON = """
+    ``threshold`` is a float (a fixed threshold), an optax schedule (a callable
+    of the step count) or an :class:`adaclip.ThresholdRule`. The statistic is
+    accumulated in float32 whatever the gradient dtype, and is exact even when
+    a sum of squares would overflow float32 (elements above ~1e19): a
+    rescaled second pass runs then, and only then.
+
+    **Non-finite steps.** When the statistic is NaN or infinite, the rule's
+    state is left untouched and ``nonfinite_count`` goes up; with
+    ``nonfinite="skip"`` (the default) the step's update is all zeros, with
+    ``"propagate"`` the gradients pass through unchanged (NaN included).
+"""
+
+
+def clip_by_global_norm(
+    threshold: ThresholdLike, *, nonfinite: str = "skip", axis_name: Any = None
+) -> optax.GradientTransformationExtraArgs:
+    (
+        """Clips the whole gradient tree by its global L2 norm.
+
+    $$g \\leftarrow g \\cdot \\min\\left(1, \\frac{c_t}{\\lVert g \\rVert_2}\\right)$$
+
+    where $c_t$ is the threshold the rule sets at step $t$ from the global
+    norm $\\lVert g \\rVert_2$ over all leaves. On finite gradients with a fixed
+    threshold this equals ``optax.clip_by_global_norm``, but the scale is one
+    float32 scalar, so the clip costs one read of the gradients when chained
+    with an optimizer.
+    """
+        + _DOC_COMMON
+        + """
+    Args:
+        threshold: a float >= 0, an optax schedule or a rule.
+        nonfinite: ``"skip"`` or ``"propagate"``.
+        axis_name: the mapped axis (``shard_map``/``pmap``) over which the
+            gradients are split; the squared norms are summed over it so
+            every device uses the true global norm. ``None`` under plain
+            ``jax.jit``, where sharded arrays are already global.
+
+    Returns:
+        An ``optax.GradientTransformationExtraArgs`` whose state is a
+        :class:`adaclip.ClipState`.
+
+    Raises:
+        TypeError, ValueError: a bad ``threshold`` or ``nonfinite``.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp, optax
+        >>> import adaclip
+        >>> params = {"w": jnp.ones(3)}
+        >>> tx = optax.chain(adaclip.clip_by_global_norm(adaclip.ema(2.0, 0.99)), optax.adam(1e-3))
+        >>> opt_state = tx.init(params)
+        >>> grads = {"w": jnp.array([3.0, 0.0, 4.0])}
+        >>> updates, opt_state = jax.jit(tx.update)(grads, opt_state, params)
+        >>> float(adaclip.metrics(opt_state)["norm"])
+        5.0
+    """
+    )
+    return _make_clipper(threshold, nonfinite, axis_name, _numerics.global_norm, _scale_leaf, False)
+
+
+def clip_by_leaf_norm(
+    threshold: ThresholdLike, *, nonfinite: str = "skip", axis_name: Any = None
+) -> optax.GradientTransformationExtraArgs:
+    (
+        """Clips each leaf by its own L2 norm ("local" or per-layer clipping).
+
+    $$g_i \\leftarrow g_i \\cdot \\min\\left(1, \\frac{c_{t,i}}{\\lVert g_i \\rVert_2}\\right)$$
+
+    One norm and one threshold per leaf, in ``jax.tree.leaves`` order; the
+    rule runs element-wise on the vector of leaf norms, so each leaf gets its
+    own adaptive threshold (like Keras ``clipnorm``, which clips each
+    variable separately). A step counts as non-finite when any leaf's norm is.
+    """
+        + _DOC_COMMON
+        + """
+    Args:
+        threshold: a float >= 0, an optax schedule or a rule.
+        nonfinite: ``"skip"`` or ``"propagate"``.
+        axis_name: the mapped axis over which each leaf is split; each leaf's
+            squared norm is summed over it.
+
+    Returns:
+        An ``optax.GradientTransformationExtraArgs`` whose state is a
+        :class:`adaclip.ClipState` with metrics of shape ``(n_leaves,)``.
+
+    Raises:
+        TypeError, ValueError: a bad ``threshold`` or ``nonfinite``.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> import adaclip
+        >>> tx = adaclip.clip_by_leaf_norm(1.0)
+        >>> grads = {"a": jnp.array([3.0, 4.0]), "b": jnp.array([0.3, 0.4])}
+        >>> updates, state = tx.update(grads, tx.init(grads))
+        >>> updates["a"], updates["b"]
+        (Array([0.6, 0.8], dtype=float32), Array([0.3, 0.4], dtype=float32))
+    """
+    )
+    return _make_clipper(threshold, nonfinite, axis_name, _numerics.leaf_norms, _scale_leaf, True)
+
+
+def clip_by_value(
+    threshold: ThresholdLike, *, nonfinite: str = "skip", axis_name: Any = None
+) -> optax.GradientTransformationExtraArgs:
+    (
+        """Clamps every gradient element to ``[-c_t, c_t]``.
+
+    $$g \\leftarrow \\mathrm{clip}(g, -c_t, c_t)$$
+
+    The statistic the rule sees (and the ``norm`` metric records) is the
+    largest absolute element $\\max |g|$ over the whole tree, so an adaptive
+    rule learns a bound on element size (like Keras ``clipvalue`` with a
+    threshold that can move). Unlike norm clipping this changes the
+    gradient's direction.
+    """
+        + _DOC_COMMON
+        + """
+    Args:
+        threshold: a float >= 0, an optax schedule or a rule.
+        nonfinite: ``"skip"`` or ``"propagate"``.
+        axis_name: the mapped axis; the max is taken over it (``pmax``).
+
+    Returns:
+        An ``optax.GradientTransformationExtraArgs`` whose state is a
+        :class:`adaclip.ClipState`.
+
+    Raises:
+        TypeError, ValueError: a bad ``threshold`` or ``nonfinite``.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> import adaclip
+        >>> tx = adaclip.clip_by_value(0.5)
+        >>> grads = jnp.array([-2.0, 0.1, 0.7])
+        >>> updates, state = tx.update(grads, tx.init(grads))
+        >>> updates
+        Array([-0.5,  0.1,  0.5], dtype=float32)
+    """
+    )
+    return _make_clipper(
+        threshold, nonfinite, axis_name, _numerics.global_max_abs, _clamp_leaf, False
+    )

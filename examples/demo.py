@@ -91,9 +91,9 @@ def strategies(steps):
         "no clipping": None,
         "fixed": adaclip.clip_by_global_norm(1.0),
         "decaying": adaclip.clip_by_global_norm(
-            adaclip.decaying(10.0, 0.1, transition_steps=steps, floor=0.5)
+            adaclip.decaying(5.0, 0.1, transition_steps=steps, floor=0.5)
         ),
-        "moving average": adaclip.clip_by_global_norm(adaclip.moving_average(2.0, window=50)),
+        "moving average": adaclip.clip_by_global_norm(adaclip.moving_average(1.5, window=50)),
         "EMA": adaclip.clip_by_global_norm(adaclip.ema(2.0, 0.99, warmup_steps=5)),
         "AutoClip": adaclip.autoclip(percentile=10.0, window=steps),
         "ZClip": adaclip.zclip(),
@@ -162,16 +162,17 @@ def plot(results, path, seq_len):
         loss = results[name]["history"]["loss"]
         k = max(len(loss) // 100, 1)
         smooth = np.convolve(np.nan_to_num(loss, nan=np.inf), np.ones(k) / k, mode="valid")
-        ax.plot(np.arange(len(smooth)) + k - 1, smooth, label=name, lw=1.2)
+        style = {"color": "black", "ls": "--", "lw": 1.6} if name == "no clipping" else {"lw": 1.2}
+        ax.plot(np.arange(len(smooth)) + k - 1, smooth, label=name, **style)
     ax.axhline(1 / 6, color="gray", ls=":", lw=1, label="predict the mean")
-    ax.axhline(SOLVED_MSE, color="black", ls="--", lw=1, label="solved")
+    ax.axhline(SOLVED_MSE, color="black", ls=":", lw=1, label="solved")
     ax.set(yscale="log", xlabel="step", ylabel="training loss (MSE, smoothed)")
     ax.set_title(f"adding problem, T = {seq_len}")
     ax.legend(fontsize=8)
     for ax, name in zip(axes[1:], names, strict=False):
         h = results[name]["history"]
         steps = np.arange(len(h["norm"]))
-        ax.plot(steps, h["norm"], lw=0.6, color="tab:blue", label="gradient norm")
+        ax.plot(steps, h["norm"], lw=0.5, color="tab:blue", alpha=0.8, label="gradient norm")
         if np.isfinite(h["threshold"]).any():
             ax.plot(steps, h["threshold"], lw=0.9, color="tab:red", label="threshold")
         clipped = h["clipped"].astype(bool)

@@ -76,7 +76,8 @@ def main(argv=None):
     m = adaclip.metrics(optimizer.opt_state)
     x, y = batch(jax.random.PRNGKey(1), 0)
     print(f"final clean loss {float(jnp.mean((model(x) - y) ** 2)):.4f}")
-    print(f"final clip rate {float(m['clip_rate']):.1%}, non-finite steps {int(m['nonfinite_count'])}")
+    print(f"final clip rate {float(m['clip_rate']):.1%}")
+    print(f"non-finite steps {int(m['nonfinite_count'])}")
 
 
 if __name__ == "__main__":

@@ -46,7 +46,7 @@ def main(argv=None):
         return optax.apply_updates(params, updates), opt_state
 
     key = jax.random.PRNGKey(0)
-    for i in range(micro_steps):
+    for _ in range(micro_steps):
         key, sub = jax.random.split(key)
         params, opt_state = micro_step(params, opt_state, sub)
 

@@ -55,10 +55,10 @@ def load_data():
 
 
 # %% Training with flax.nnx.Optimizer; the clipper is the first link of the chain.
-def train(clipper, steps, seed, data, lr, batch=64):
+def train(clipper, steps, seed, data, lr, momentum, batch=64):
     (x_train, y_train), (x_test, y_test) = data
     model = RowLSTM(64, rngs=nnx.Rngs(seed))
-    opt = optax.sgd(lr, momentum=0.9)
+    opt = optax.sgd(lr, momentum=momentum or None)
     tx = opt if clipper is None else optax.chain(clipper, opt)
     optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
 
@@ -93,6 +93,7 @@ def main(argv=None):
     parser.add_argument("--smoke", action="store_true", help="run a few steps only")
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--lr", type=float, default=0.05)
+    parser.add_argument("--momentum", type=float, default=0.9)
     parser.add_argument("--seeds", type=int, default=3)
     args = parser.parse_args(argv)
     steps, seeds = (5, 1) if args.smoke else (args.steps, args.seeds)
@@ -103,10 +104,12 @@ def main(argv=None):
         "norm clipping (1.0)": lambda: adaclip.clip_by_global_norm(1.0),
     }
     data = load_data()
-    print(f"adam({args.lr}), {steps} steps of 64 images, {seeds} seeds; test accuracy:")
-    print(f"{'strategy':<22} {'accuracy (per seed)':<24} {'clip rate':>9} {'time (s)':>9}")
+    print(f"sgd({args.lr}, momentum={args.momentum}), {steps} steps of 64 images, {seeds} seed(s)")
+    print(f"{'strategy':<22} {'test accuracy (per seed)':<24} {'clip rate':>9} {'time (s)':>9}")
     for name, make in strategies.items():
-        results = [train(make(), steps, seed, data, args.lr) for seed in range(seeds)]
+        results = [
+            train(make(), steps, seed, data, args.lr, args.momentum) for seed in range(seeds)
+        ]
         accs = " ".join(f"{a:.3f}" for a, _, _ in results)
         rate = np.mean([r for _, r, _ in results])
         elapsed = sum(t for _, _, t in results)

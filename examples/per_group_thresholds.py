@@ -41,8 +41,9 @@ def forward(params, x):
 # %% Label every leaf by its group, then give each group its own clipper.
 def group_labels(params):
     return {
-        layer: jax.tree.map(lambda _: "output" if layer == "output" else "hidden", sub)
+        layer: jax.tree.map(lambda _, g=group: g, sub)
         for layer, sub in params.items()
+        for group in ["output" if layer == "output" else "hidden"]
     }
 
 

@@ -41,9 +41,10 @@ def forward(params, x):
 # %% Label every leaf by its group, then give each group its own clipper.
 def group_labels(params):
     return {
-        layer: jax.tree.map(lambda _, g=group: g, sub)
+        layer: jax.tree.map(lambda _: "output", sub)
+        if layer == "output"
+        else jax.tree.map(lambda _: "hidden", sub)
         for layer, sub in params.items()
-        for group in ["output" if layer == "output" else "hidden"]
     }
 
 

@@ -29,7 +29,7 @@ def main(argv=None):
 
     inner = optax.chain(
         adaclip.clip_by_global_norm(adaclip.moving_average(2.0, window=25)),
-        optax.adam(1e-2),
+        optax.adam(5e-2),
     )
     tx = optax.MultiSteps(inner, every_k_schedule=k)
 

@@ -28,12 +28,12 @@ def main(argv=None):
 
     lr = optax.warmup_cosine_decay_schedule(0.0, 0.05, warmup_steps=steps // 10, decay_steps=steps)
     tx = optax.chain(
-        # 2x the recent average norm, but never above a threshold that decays
-        # from 10 to 1 over training.
+        # 2x the recent average norm, but never above a cap that decays from
+        # 50 to 5 over training (a safety net for the first steps).
         adaclip.clip_by_global_norm(
             adaclip.minimum(
                 adaclip.ema(2.0, 0.99, warmup_steps=10),
-                adaclip.decaying(10.0, 0.1, transition_steps=steps, floor=1.0),
+                adaclip.decaying(50.0, 0.1, transition_steps=steps, floor=5.0),
             )
         ),
         optax.trace(decay=0.9, nesterov=True),  # momentum

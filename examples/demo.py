@@ -11,8 +11,8 @@
 # The model is an IRNN (Le et al. 2015, arXiv:1504.00941): a ReLU recurrent
 # network with identity-initialised recurrent weights, written with
 # `flax.nnx`. It can carry information over long sequences, but its
-# gradients explode: without clipping, a few huge early gradients kill the
-# ReLU units or blow up the weights, and the run never recovers.
+# gradients explode: without clipping, a few large gradients early on leave
+# the network stuck at predicting the mean, and the run never recovers.
 #
 # The same network, data and seed are trained with `optax.adam` behind each
 # clipping strategy in turn. The script shows a progress bar, prints a table

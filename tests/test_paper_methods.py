@@ -443,3 +443,21 @@ BAD_ARGUMENTS = [
 def test_bad_arguments_fail_at_construction(make, error, name):
     with pytest.raises(error, match=name):
         make()
+
+
+def test_rules_vmap_over_hyperparameters():
+    stats = jnp.asarray(_sequence(31)[:60])
+
+    def thresholds(make, value):
+        rule = make(value)
+        state = rule.init(jnp.zeros(()))
+        return jax.lax.scan(lambda s, x: rule.update(x, s)[::-1], state, stats)[1]
+
+    for make, values in [
+        (lambda p: adaclip.percentile(p, 16), [10.0, 50.0, 90.0]),
+        (lambda z: adaclip.zscore(0.9, z, 5), [1.0, 2.5]),
+        (lambda lr: adaclip.quantile(0.5, learning_rate=lr), [0.05, 0.5]),
+    ]:
+        batched = jax.jit(jax.vmap(lambda v, make=make: thresholds(make, v)))(jnp.asarray(values))
+        for i, v in enumerate(values):
+            np.testing.assert_allclose(batched[i], thresholds(make, v), rtol=1e-6)

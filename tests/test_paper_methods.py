@@ -340,26 +340,33 @@ def test_adagc_nonfinite_leaf_skips_the_step(bad):
     assert _all_finite(metrics["threshold"]) and _all_finite(states)
 
 
-@pytest.mark.parametrize(
-    "rule",
-    [
-        lambda: adaclip.percentile(10.0, 8),
-        lambda: adaclip.zscore(0.9, 2.0, 3),
-        lambda: adaclip.quantile(0.5),
-        lambda: adaclip.clamp(adaclip.zscore(0.9, 2.0, 3), 0.1, 10.0),
-        lambda: adaclip.warmup(adaclip.quantile(0.9), 3, during=adaclip.percentile(50.0, 4)),
-    ],
-    ids=["percentile", "zscore", "quantile", "clamp", "warmup"],
-)
-def test_rules_stay_finite_on_extreme_statistics(rule):
+EXTREME = {
+    "percentile": lambda: adaclip.clip_by_global_norm(adaclip.percentile(10.0, 8)),
+    "zscore": lambda: adaclip.clip_by_global_norm(adaclip.zscore(0.9, 2.0, 3, clip_factor=10.0)),
+    "zscore-percentile": lambda: adaclip.clip_by_leaf_norm(
+        adaclip.zscore(0.9, 50.0, 3, mode="percentile")
+    ),
+    "quantile": lambda: adaclip.clip_by_leaf_norm(adaclip.quantile(0.5)),
+    "clamp": lambda: adaclip.clip_by_global_norm(
+        adaclip.clamp(adaclip.zscore(0.9, 2.0, 3), 0.1, 10.0)
+    ),
+    "warmup": lambda: adaclip.clip_by_value(
+        adaclip.warmup(adaclip.quantile(0.9), 3, during=adaclip.percentile(50.0, 4))
+    ),
+    "autoclip": lambda: adaclip.autoclip(50.0, 8),
+    "zclip": lambda: adaclip.zclip(0.9, 2.0, 3, max_norm=None, clip_factor=10.0),
+    "adagc": lambda: adaclip.adagc(ratio=10.0, warmup_steps=3),
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXTREME))
+def test_state_and_threshold_stay_finite_on_extreme_statistics(name):
     stats = np.array(
         [0.0, 0.0, 0.0, 1.0, np.nan, 3e38, np.inf, 0.0, 1e-30, 2e38, 5.0, -np.inf, 1.0] * 3,
         np.float32,
     )
-    rule = rule()
-    tx = adaclip.clip_by_global_norm(rule)
-    grads = {"w": jnp.asarray(stats)[:, None]}
-    _, metrics, states = _run(tx, grads)
+    grads = {"a": jnp.asarray(stats)[:, None], "b": jnp.asarray(stats[::-1].copy())[:, None]}
+    _, metrics, states = _run(EXTREME[name](), grads)
     assert _all_finite(metrics["threshold"]) and _all_finite(states)
 
 

@@ -468,3 +468,35 @@ def test_rules_vmap_over_hyperparameters():
         batched = jax.jit(jax.vmap(lambda v, make=make: thresholds(make, v)))(jnp.asarray(values))
         for i, v in enumerate(values):
             np.testing.assert_allclose(batched[i], thresholds(make, v), rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda **kw: adaclip.autoclip(10.0, 16, **kw),
+        lambda **kw: adaclip.zclip(warmup_steps=3, max_norm=None, **kw),
+        lambda **kw: adaclip.adagc(warmup_steps=3, **kw),
+    ],
+    ids=["autoclip", "zclip", "adagc"],
+)
+def test_recipes_with_axis_name_see_the_global_norm(make):
+    # Two "devices" (a vmapped axis) each hold half of every leaf.
+    norms = _leaf_sequence(13)[:12]
+    grads = {
+        "a": jnp.asarray(norms[:, :1] * np.ones((1, 4)) / 2.0, jnp.float32),
+        "b": jnp.asarray(norms[:, 1:2] * np.ones((1, 4)) / 2.0, jnp.float32),
+    }
+    sharded = jax.tree.map(lambda g: g.reshape(g.shape[0], 2, 2), grads)
+    tx, tx_sharded = make(), make(axis_name="dev")
+    state = tx.init(jax.tree.map(lambda g: g[0], grads))
+    sharded_state = jax.vmap(tx_sharded.init)(jax.tree.map(lambda g: g[0], sharded))
+    update = jax.jit(jax.vmap(tx_sharded.update, axis_name="dev"))
+    plain = jax.jit(tx.update)
+    for t in range(12):
+        expected, state = plain(jax.tree.map(lambda g, t=t: g[t], grads), state)
+        got, sharded_state = update(jax.tree.map(lambda g, t=t: g[t], sharded), sharded_state)
+        jax.tree.map(
+            lambda e, g: np.testing.assert_allclose(np.asarray(g).reshape(-1), e, rtol=1e-5),
+            expected,
+            got,
+        )

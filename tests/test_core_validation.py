@@ -48,13 +48,13 @@ BAD = [
     (adaclip.ema, {"multiplier": 2.0, "decay": 0.9, "warmup_steps": 1.5}, TypeError, "warmup"),
     (adaclip.ema, {"multiplier": 2.0, "decay": 0.9, "feed": "both"}, ValueError, "feed"),
     (adaclip.ema, {"multiplier": 2.0, "decay": 0.9, "feed": None}, ValueError, "feed"),
-    (adaclip.clip_by_global_norm, {"threshold": -1.0}, ValueError, "value"),
+    (adaclip.clip_by_global_norm, {"threshold": -1.0}, ValueError, "threshold"),
     (adaclip.clip_by_global_norm, {"threshold": "big"}, TypeError, "threshold"),
     (adaclip.clip_by_global_norm, {"threshold": None}, TypeError, "threshold"),
     (adaclip.clip_by_global_norm, {"threshold": 1.0, "nonfinite": "zero"}, ValueError, "nonfinite"),
-    (adaclip.clip_by_leaf_norm, {"threshold": float("nan")}, ValueError, "value"),
+    (adaclip.clip_by_leaf_norm, {"threshold": float("nan")}, ValueError, "threshold"),
     (adaclip.clip_by_leaf_norm, {"threshold": 1.0, "nonfinite": None}, ValueError, "nonfinite"),
-    (adaclip.clip_by_value, {"threshold": -0.5}, ValueError, "value"),
+    (adaclip.clip_by_value, {"threshold": -0.5}, ValueError, "threshold"),
     (adaclip.clip_by_value, {"threshold": [1.0]}, TypeError, "threshold"),
 ]
 

@@ -4,8 +4,8 @@
 # Hidden layers and the output layer get separate clippers: each group's
 # gradient is clipped by its own global norm, with a wider threshold for the
 # output layer (whose gradient is typically the largest) than for the hidden
-# layers. `adaclip.metrics` prefixes each clipper's metrics with its place in
-# the chain and its group label: `0/hidden/norm`, `0/output/norm`, ...
+# layers. `adaclip.metrics` prefixes each clipper's metrics with its group
+# label: `hidden/norm`, `output/norm`, ...
 #
 # Run: `python examples/per_group_thresholds.py` (`--smoke`: a few steps).
 
@@ -89,15 +89,15 @@ def main(argv=None):
             m = adaclip.metrics(opt_state)
             print(
                 f"step {step:4d}  loss {float(loss):.4f}  "
-                f"hidden: norm {float(m['0/hidden/norm']):.3f} threshold "
-                f"{float(m['0/hidden/threshold']):.3f}  "
-                f"output: norm {float(m['0/output/norm']):.3f} threshold "
-                f"{float(m['0/output/threshold']):.3f}"
+                f"hidden: norm {float(m['hidden/norm']):.3f} threshold "
+                f"{float(m['hidden/threshold']):.3f}  "
+                f"output: norm {float(m['output/norm']):.3f} threshold "
+                f"{float(m['output/threshold']):.3f}"
             )
     m = adaclip.metrics(opt_state)
     print(
-        f"clip rate: hidden {float(m['0/hidden/clip_rate']):.1%}, "
-        f"output {float(m['0/output/clip_rate']):.1%}"
+        f"clip rate: hidden {float(m['hidden/clip_rate']):.1%}, "
+        f"output {float(m['output/clip_rate']):.1%}"
     )
 
 

@@ -10,11 +10,22 @@ from adaclip._clippers import clip_by_value as clip_by_value
 from adaclip._ema_rules import EmaState as EmaState
 from adaclip._ema_rules import ema as ema
 from adaclip._metrics import metrics as metrics
+from adaclip._plotting import plot_sweep as plot_sweep
+from adaclip._plotting import plot_trace as plot_trace
+from adaclip._replay import Trace as Trace
+from adaclip._replay import replay as replay
 from adaclip._schedule_rules import FixedState as FixedState
 from adaclip._schedule_rules import ScheduleState as ScheduleState
 from adaclip._schedule_rules import decaying as decaying
 from adaclip._schedule_rules import fixed as fixed
 from adaclip._schedule_rules import scheduled as scheduled
+from adaclip._tuning import Recorder as Recorder
+from adaclip._tuning import format_table as format_table
+from adaclip._tuning import load_record as load_record
+from adaclip._tuning import suggest_fixed as suggest_fixed
+from adaclip._tuning import suggest_for_clip_rate as suggest_for_clip_rate
+from adaclip._tuning import summarize as summarize
+from adaclip._tuning import sweep as sweep
 from adaclip._window_rules import WindowState as WindowState
 from adaclip._window_rules import moving_average as moving_average
 
@@ -27,8 +38,10 @@ __all__ = [
     "ClipState",
     "EmaState",
     "FixedState",
+    "Recorder",
     "ScheduleState",
     "ThresholdRule",
+    "Trace",
     "WindowState",
     "clip_by_global_norm",
     "clip_by_leaf_norm",
@@ -36,7 +49,16 @@ __all__ = [
     "decaying",
     "ema",
     "fixed",
+    "format_table",
+    "load_record",
     "metrics",
     "moving_average",
+    "plot_sweep",
+    "plot_trace",
+    "replay",
     "scheduled",
+    "suggest_fixed",
+    "suggest_for_clip_rate",
+    "summarize",
+    "sweep",
 ]

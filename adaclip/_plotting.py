@@ -98,14 +98,21 @@ def plot_trace(
 
 
 def plot_sweep(
-    table: Mapping[str, Any], x: str, y: str, value: str = "clip_rate", *, ax: Any = None
+    table: Mapping[str, Any],
+    x: str,
+    y: str | None = None,
+    value: str = "clip_rate",
+    *,
+    ax: Any = None,
 ) -> Any:
     """A heat-map of one column of a sweep over two of its parameters.
+
+    With ``y=None``, a line of ``value`` against ``x`` instead.
 
     Args:
         table: a table from :func:`adaclip.sweep` whose grid has (at least)
             the parameters ``x`` and ``y``; with more, each cell shows the
-            mean over the others.
+            mean over the others (``inf`` if any of them is ``inf``).
         x, y: parameter names for the horizontal and vertical axes.
         value: the column to show, e.g. ``"clip_rate"`` or ``"steps_to_adapt"``.
         ax: a matplotlib ``Axes``; a new figure when None.
@@ -127,8 +134,10 @@ def plot_sweep(
         >>> ax = adaclip.plot_sweep(adaclip.sweep(adaclip.ema, norms, grid), "multiplier", "decay")
     """
     for name in (x, y, value):
-        if name not in table:
+        if name is not None and name not in table:
             raise KeyError(f"{name!r} is not a column of the table: {sorted(table)}.")
+    if y is None:
+        return _plot_sweep_line(table, x, value, ax)
     xs, ys = np.asarray(table[x]), np.asarray(table[y])
     vals = np.asarray(table[value], dtype=np.float64)
     ux, uy = np.unique(xs), np.unique(ys)
@@ -157,5 +166,23 @@ def plot_sweep(
             color = "k" if np.isfinite(v) and v > mid else "w"
             ax.text(j, i, text, ha="center", va="center", fontsize=8, color=color)
     ax.figure.colorbar(image, ax=ax, label=value)
+    ax.set_title(value, fontsize=10)
+    return ax
+
+
+def _plot_sweep_line(table: Mapping[str, Any], x: str, value: str, ax: Any) -> Any:
+    xs = np.asarray(table[x])
+    vals = np.asarray(table[value], dtype=np.float64)
+    ux = np.unique(xs)
+    means = [np.mean(vals[xs == v]) for v in ux]
+    plt = _pyplot()
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 3.5))
+    positions = ux if ux.dtype.kind in "iuf" else np.arange(len(ux))
+    ax.plot(positions, means, "o-")
+    if ux.dtype.kind not in "iuf":
+        ax.set_xticks(positions, [str(v) for v in ux])
+    ax.set_xlabel(x)
+    ax.set_ylabel(value)
     ax.set_title(value, fontsize=10)
     return ax

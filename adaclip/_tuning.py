@@ -31,7 +31,9 @@ SUMMARY_NAMES = (
 )
 
 
-def _summary(trace: Trace, shift_at: int | None) -> dict[str, jax.Array]:
+def _summary(
+    trace: Trace, shift_at: int | None, adapt_window: int = 100, adapt_tolerance: float = 0.05
+) -> dict[str, jax.Array]:
     """The summary of one trace, in JAX (jittable, vmappable)."""
     finite = trace.finite
     steps = finite.shape[0]
@@ -54,12 +56,25 @@ def _summary(trace: Trace, shift_at: int | None) -> dict[str, jax.Array]:
         "max_let_through": fmax(trace.clipped_statistic),
     }
     if shift_at is not None:
-        clipped_any = trace.clipped.reshape(steps, -1).any(axis=1)
-        index = jnp.arange(steps)
-        ok = finite & ~clipped_any & (index >= shift_at)
-        first = jnp.argmax(ok)
-        out["steps_to_adapt"] = jnp.where(ok.any(), (first - shift_at).astype(jnp.float32), jnp.inf)
+        out["steps_to_adapt"] = _steps_to_adapt(trace, shift_at, adapt_window, adapt_tolerance)
     return out
+
+
+def _steps_to_adapt(trace: Trace, t0: int, window: int, tolerance: float) -> jax.Array:
+    """See :func:`summarize`. ``t0`` and ``window`` are static Python ints."""
+    steps = trace.finite.shape[0]
+    finite = trace.finite.astype(jnp.float32)
+    clipped = (trace.clipped.reshape(steps, -1).any(axis=1) & trace.finite).astype(jnp.float32)
+    zero = jnp.zeros((1,), jnp.float32)
+    c = jnp.concatenate([zero, jnp.cumsum(clipped)])  # c[i] = clipped steps before i
+    f = jnp.concatenate([zero, jnp.cumsum(finite)])
+    w = min(window, steps - t0)
+    lo = max(t0 - window, 0)
+    baseline = (c[t0] - c[lo]) / jnp.maximum(f[t0] - f[lo], 1.0)
+    starts = jnp.arange(t0, steps - w + 1)
+    rate = (c[starts + w] - c[starts]) / jnp.maximum(f[starts + w] - f[starts], 1.0)
+    ok = rate <= baseline + tolerance
+    return jnp.where(ok.any(), jnp.argmax(ok).astype(jnp.float32), jnp.inf)
 
 
 def _check_statistics(statistics: Any) -> np.ndarray:
@@ -82,7 +97,13 @@ def _check_shift(shift_at: Any, steps: int) -> int | None:
     return int(shift_at)
 
 
-def summarize(trace: Trace, *, shift_at: int | None = None) -> dict[str, float]:
+def summarize(
+    trace: Trace,
+    *,
+    shift_at: int | None = None,
+    adapt_window: int = 100,
+    adapt_tolerance: float = 0.05,
+) -> dict[str, float]:
     """Summarises a replayed trace in a few numbers.
 
     Over the finite steps (all entries, for a per-leaf trace):
@@ -91,21 +112,28 @@ def summarize(trace: Trace, *, shift_at: int | None = None) -> dict[str, float]:
     - ``mean_threshold`` and ``max_threshold``: the mean and largest threshold;
     - ``max_let_through``: the largest statistic let through after clipping,
       $\\max_t \\min(s_t, c_t)$: how big a step the rule allows;
-    - ``steps_to_adapt`` (only with ``shift_at``): the recovery time after a
-      level shift of the statistic at step $t_0$ = ``shift_at``. It is
-      $t^\\* - t_0$, with $t^\\*$ the first step $\\ge t_0$ that is finite and
-      not clipped (no entry clipped); ``inf`` if every later step is clipped.
-      After an upward shift (a new data mix, a larger learning rate), it
-      counts the steps a rule clips in a row before its threshold catches up
-      with the new level; a rule that never catches up (a fixed threshold
-      below the new level, a locked-in z-score) gives ``inf``. After a
-      downward shift it is usually 0: look at the thresholds instead.
+    - ``steps_to_adapt`` (only with ``shift_at``): how long the rule takes
+      to clip as often as it did before a level shift of the statistic at
+      step $t_0$ = ``shift_at`` (a new data mix, a larger learning rate).
+      With $W$ = ``adapt_window`` (at most the steps after $t_0$), let
+      $r_0$ be the fraction of finite steps clipped in $[t_0 - W, t_0)$ (a
+      step counts as clipped when any entry is), and $r(s)$ the same
+      fraction in $[s, s + W)$. Then ``steps_to_adapt`` is the smallest
+      $k \ge 0$ with $r(t_0 + k) \le r_0 + \epsilon$, $\epsilon$ =
+      ``adapt_tolerance``, or ``inf`` when no window after the shift gets
+      there. After an upward shift, a threshold that never catches up (a
+      fixed threshold below the new level, a z-score rule locked in at the
+      old level) gives ``inf``; a rule that rescales with the statistic gives
+      roughly the number of steps its threshold needs to reach the new level.
+      After a downward shift it is usually 0: compare thresholds instead.
 
     Values are NaN where there is no finite step.
 
     Args:
         trace: a :class:`adaclip.Trace` from :func:`adaclip.replay`.
         shift_at: the step of a level shift, or None.
+        adapt_window: $W$, an int >= 1.
+        adapt_tolerance: $\epsilon \ge 0$.
 
     Returns:
         A dict from the names above to Python floats.
@@ -115,13 +143,22 @@ def summarize(trace: Trace, *, shift_at: int | None = None) -> dict[str, float]:
         >>> import adaclip
         >>> norms = jnp.array([1.0, 1.0, 1.0, 5.0, 5.0, 5.0, 5.0, 5.0])
         >>> trace = adaclip.replay(adaclip.fixed(3.0), norms)
-        >>> adaclip.summarize(trace, shift_at=3)
+        >>> adaclip.summarize(trace, shift_at=3, adapt_window=2)
         {'clip_rate': 0.625, 'mean_threshold': 3.0, 'max_threshold': 3.0, 'max_let_through': 3.0, 'steps_to_adapt': inf}
     """  # noqa: E501
     steps = int(np.shape(trace.finite)[0])
     shift_at = _check_shift(shift_at, steps)
+    _check_adapt(adapt_window, adapt_tolerance)
     trace = jax.tree.map(jnp.asarray, trace)
-    return {k: float(v) for k, v in _summary(trace, shift_at).items()}
+    summary = _summary(trace, shift_at, adapt_window, adapt_tolerance)
+    return {k: float(v) for k, v in summary.items()}
+
+
+def _check_adapt(adapt_window: Any, adapt_tolerance: Any) -> None:
+    if isinstance(adapt_window, bool) or not isinstance(adapt_window, int) or adapt_window < 1:
+        raise ValueError(f"adapt_window must be an int >= 1, got {adapt_window!r}.")
+    if not (isinstance(adapt_tolerance, int | float) and adapt_tolerance >= 0):
+        raise ValueError(f"adapt_tolerance must be a number >= 0, got {adapt_tolerance!r}.")
 
 
 def _grid_product(grid: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -147,6 +184,8 @@ def sweep(
     *,
     static: Iterable[str] = (),
     shift_at: int | None = None,
+    adapt_window: int = 100,
+    adapt_tolerance: float = 0.05,
     chunk_size: int = 256,
 ) -> dict[str, np.ndarray]:
     """Replays every configuration of a grid over a trace and tabulates them.
@@ -155,7 +194,8 @@ def sweep(
     varies fastest). Configurations are replayed with :func:`adaclip.replay`
     under ``jax.vmap``, ``chunk_size`` at a time, one compilation per
     combination of ``static`` values: put window sizes (which fix array
-    shapes) in ``static``; every other hyper-parameter is traced.
+    shapes) in ``static``; names with string, boolean or None values are
+    static too; every other hyper-parameter is traced.
 
     Each row holds the configuration and the summary of its trace, as
     :func:`adaclip.summarize` defines it: ``clip_rate``, ``mean_threshold``,
@@ -170,6 +210,7 @@ def sweep(
         grid: ``{name: values}``. Integer values stay integers.
         static: names in ``grid`` passed as Python values, not traced.
         shift_at: the step of a level shift, for ``steps_to_adapt``.
+        adapt_window, adapt_tolerance: see :func:`adaclip.summarize`.
         chunk_size: configurations replayed at once (bounds memory).
 
     Returns:
@@ -190,12 +231,14 @@ def sweep(
         ...     {"multiplier": [1.5, 3.0], "window": [5, 20]},
         ...     static=["window"],
         ...     shift_at=50,
+        ...     adapt_window=10,
         ... )
         >>> table["steps_to_adapt"]
         array([ 3., 12.,  1.,  3.], dtype=float32)
     """
     stats = jnp.asarray(_check_statistics(statistics))
     shift_at = _check_shift(shift_at, int(stats.shape[0]))
+    _check_adapt(adapt_window, adapt_tolerance)
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be an int >= 1, got {chunk_size!r}.")
     static = tuple(static)
@@ -203,6 +246,11 @@ def sweep(
     if unknown:
         raise ValueError(f"static names {unknown} are not keys of grid {sorted(grid)}.")
     rows = _grid_product(grid)
+    for name in grid:  # strings, booleans and None cannot be traced
+        if name not in static and any(
+            isinstance(row[name], bool) or not isinstance(row[name], int | float) for row in rows
+        ):
+            static += (name,)
     dynamic = [k for k in grid if k not in static]
 
     results: list[dict[str, np.ndarray] | None] = [None] * len(rows)
@@ -214,11 +262,13 @@ def sweep(
         static_kwargs = dict(zip(static, key, strict=True))
         if not dynamic:
             trace = replay(make_rule(**static_kwargs), stats)
-            results[indices[0]] = jax.device_get(_summary(trace, shift_at))
+            summary = _summary(trace, shift_at, adapt_window, adapt_tolerance)
+            results[indices[0]] = jax.device_get(summary)
             continue
 
         def one(dyn, static_kwargs=static_kwargs):
-            return _summary(replay(make_rule(**static_kwargs, **dyn), stats), shift_at)
+            trace = replay(make_rule(**static_kwargs, **dyn), stats)
+            return _summary(trace, shift_at, adapt_window, adapt_tolerance)
 
         batched = jax.jit(jax.vmap(one))
         for start in range(0, len(indices), chunk_size):
@@ -239,7 +289,7 @@ def sweep(
     table: dict[str, np.ndarray] = {}
     for name in grid:
         table[name] = np.asarray([row[name] for row in rows])
-    for name in results[0]:
+    for name in (n for n in SUMMARY_NAMES if n in results[0]):
         table[name] = np.asarray([r[name] for r in results], dtype=np.float32)
     return table
 

@@ -60,6 +60,9 @@ def _summary(
     return out
 
 
+_summary_jit = jax.jit(_summary, static_argnums=(1, 2, 3))
+
+
 def _steps_to_adapt(trace: Trace, t0: int, window: int, tolerance: float) -> jax.Array:
     """See :func:`summarize`. ``t0`` and ``window`` are static Python ints."""
     steps = trace.finite.shape[0]
@@ -119,7 +122,7 @@ def summarize(
       $r_0$ be the fraction of finite steps clipped in $[t_0 - W, t_0)$ (a
       step counts as clipped when any entry is), and $r(s)$ the same
       fraction in $[s, s + W)$. Then ``steps_to_adapt`` is the smallest
-      $k \ge 0$ with $r(t_0 + k) \le r_0 + \epsilon$, $\epsilon$ =
+      $k \\ge 0$ with $r(t_0 + k) \\le r_0 + \\epsilon$, $\\epsilon$ =
       ``adapt_tolerance``, or ``inf`` when no window after the shift gets
       there. After an upward shift, a threshold that never catches up (a
       fixed threshold below the new level, a z-score rule locked in at the
@@ -133,7 +136,7 @@ def summarize(
         trace: a :class:`adaclip.Trace` from :func:`adaclip.replay`.
         shift_at: the step of a level shift, or None.
         adapt_window: $W$, an int >= 1.
-        adapt_tolerance: $\epsilon \ge 0$.
+        adapt_tolerance: $\\epsilon \\ge 0$.
 
     Returns:
         A dict from the names above to Python floats.
@@ -150,7 +153,7 @@ def summarize(
     shift_at = _check_shift(shift_at, steps)
     _check_adapt(adapt_window, adapt_tolerance)
     trace = jax.tree.map(jnp.asarray, trace)
-    summary = _summary(trace, shift_at, adapt_window, adapt_tolerance)
+    summary = _summary_jit(trace, shift_at, adapt_window, float(adapt_tolerance))
     return {k: float(v) for k, v in summary.items()}
 
 
@@ -252,6 +255,8 @@ def sweep(
         ):
             static += (name,)
     dynamic = [k for k in grid if k not in static]
+    for row in rows:  # concrete values: the rule validates them here
+        make_rule(**row)
 
     results: list[dict[str, np.ndarray] | None] = [None] * len(rows)
     groups: dict[tuple, list[int]] = {}

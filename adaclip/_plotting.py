@@ -163,7 +163,7 @@ def plot_sweep(
         for j in range(len(ux)):
             v = grid[i, j]
             text = "inf" if np.isinf(v) else ("" if np.isnan(v) else f"{v:.3g}")
-            color = "k" if np.isfinite(v) and v > mid else "w"
+            color = "w" if np.isfinite(v) and v <= mid else "k"
             ax.text(j, i, text, ha="center", va="center", fontsize=8, color=color)
     ax.figure.colorbar(image, ax=ax, label=value)
     ax.set_title(value, fontsize=10)

@@ -154,7 +154,7 @@ def summarize(
     _check_adapt(adapt_window, adapt_tolerance)
     trace = jax.tree.map(jnp.asarray, trace)
     summary = _summary_jit(trace, shift_at, adapt_window, float(adapt_tolerance))
-    return {k: float(v) for k, v in summary.items()}
+    return {k: float(summary[k]) for k in SUMMARY_NAMES if k in summary}
 
 
 def _check_adapt(adapt_window: Any, adapt_tolerance: Any) -> None:

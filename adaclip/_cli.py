@@ -390,12 +390,19 @@ def _rules_command(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line on stderr (exit status 2), like every other error."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="adaclip",
         description="Replay gradient-clipping rules over a recorded norm trace.",
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     def add_input(p):
         p.add_argument("file", help="a CSV file (with a header row) or a .npy file of norms")
@@ -421,7 +428,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--rule",
         action="append",
-        help="a rule spec, e.g. 'ema(multiplier=2.0, decay=0.99)' or 'autoclip' (repeatable)",
+        help="a rule spec, e.g. 'ema(multiplier=2.0, decay=0.99)' or 'autoclip' (repeatable; "
+        "default autoclip)",
     )
     p.add_argument("--plot", help="write a plot of norm and threshold per rule (PNG, PDF, SVG)")
     p.add_argument("--leaf", type=int, default=0, help="leaf to plot for 2-D (per-leaf) traces")
@@ -455,8 +463,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except CliError as e:
-        print(f"adaclip: error: {e}", file=sys.stderr)
-        return 1
+        message = str(e)
     except (ValueError, TypeError, OSError, KeyError) as e:
-        print(f"adaclip: error: {e}", file=sys.stderr)
-        return 1
+        message = str(e)
+    except Exception as e:  # never a traceback
+        message = f"{type(e).__name__}: {e}"
+    lines = message.strip().splitlines() or [""]
+    print(f"adaclip: error: {lines[0]}", file=sys.stderr)
+    return 1

@@ -234,3 +234,12 @@ def test_python_dash_m(norms_csv):
     assert bad.returncode == 1
     assert bad.stderr.strip().startswith("adaclip: error: unknown rule 'nope'")
     assert "Traceback" not in bad.stderr
+
+
+def test_usage_errors_are_one_line(norms_csv, capsys):
+    path, _ = norms_csv
+    with pytest.raises(SystemExit) as exit_info:
+        _cli.main(["replay", str(path), "--bogus"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("adaclip: error: unrecognized arguments")

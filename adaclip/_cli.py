@@ -368,7 +368,9 @@ def _sweep_command(args: argparse.Namespace) -> int:
         print(f"wrote {args.out}")
     if args.plot:
         numeric = [
-            n for n in grid if all(isinstance(v, int | float) and v is not True for v in grid[n])
+            n
+            for n in grid
+            if all(isinstance(v, int | float) and not isinstance(v, bool) for v in grid[n])
         ]
         if args.value not in table:
             raise CliError(f"--value: no column {args.value!r} (columns: {', '.join(table)})")

@@ -67,7 +67,10 @@ def autoclip(
     threshold is the first norm itself. With ``window`` at least the number
     of steps taken, the post-clip norms are the original's step for step;
     the threshold metric on a clipped step is the norm clipped to,
-    $c_t \\lVert g_t\\rVert / (\\lVert g_t\\rVert + 10^{-6})$.
+    $c_t \\lVert g_t\\rVert / (\\lVert g_t\\rVert + 10^{-6})$. Like the
+    original, a step whose norm equals its threshold (always step 0) is
+    scaled by $\\lVert g_t\\rVert / (\\lVert g_t\\rVert + 10^{-6})$ and so
+    counts as clipped in the metrics.
 
     **Differences from AutoClip.** The history is the last ``window`` norms
     (the original keeps every norm, with memory and per-step cost growing

@@ -113,7 +113,8 @@ def plot_sweep(
         table: a table from :func:`adaclip.sweep` whose grid has (at least)
             the parameters ``x`` and ``y``; with more, each cell shows the
             mean over the others (``inf`` if any of them is ``inf``).
-        x, y: parameter names for the horizontal and vertical axes.
+        x: the parameter name for the horizontal axis.
+        y: the parameter name for the vertical axis, or None.
         value: the column to show, e.g. ``"clip_rate"`` or ``"steps_to_adapt"``.
         ax: a matplotlib ``Axes``; a new figure when None.
 

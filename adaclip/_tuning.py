@@ -213,7 +213,8 @@ def sweep(
         grid: ``{name: values}``. Integer values stay integers.
         static: names in ``grid`` passed as Python values, not traced.
         shift_at: the step of a level shift, for ``steps_to_adapt``.
-        adapt_window, adapt_tolerance: see :func:`adaclip.summarize`.
+        adapt_window: see :func:`adaclip.summarize`.
+        adapt_tolerance: see :func:`adaclip.summarize`.
         chunk_size: configurations replayed at once (bounds memory).
 
     Returns:
@@ -419,7 +420,8 @@ def suggest_for_clip_rate(
             adaclip.ema(m, 0.99)``.
         statistics: recorded statistics, ``(steps,)`` or ``(steps, n_leaves)``.
         target_clip_rate: the clip rate to reach, in [0, 1].
-        low, high: the search interval, ``0 < low < high``.
+        low: the lower end of the search interval, ``0 < low < high``.
+        high: the upper end of the search interval.
         num: values tried per round (>= 2).
         rounds: refinement rounds (>= 1).
 

@@ -74,15 +74,14 @@ def _make_clipper(
         threshold = jnp.where(finite, threshold, state.threshold)
         clipped = finite & (stat > threshold)
 
-        # "propagate" lets a non-finite step through untouched (scale 1).
+        # A non-finite step is zeroed ("skip") or let through untouched
+        # ("propagate": an infinite threshold makes the clip the identity).
         keep = jnp.asarray(True) if nonfinite == "propagate" else finite
-        scale_stat = jnp.where(finite, stat, 0.0)
+        bound = jnp.where(finite, threshold, jnp.inf)
         if per_leaf:
-            new_leaves = [
-                apply_fn(g, scale_stat[i], threshold[i], keep) for i, g in enumerate(leaves)
-            ]
+            new_leaves = [apply_fn(g, stat[i], bound[i], keep) for i, g in enumerate(leaves)]
         else:
-            new_leaves = [apply_fn(g, scale_stat, threshold, keep) for g in leaves]
+            new_leaves = [apply_fn(g, stat, bound, keep) for g in leaves]
 
         finite_steps = (state.count - state.nonfinite_count + 1).astype(jnp.float32)
         clip_rate = state.clip_rate + (clipped.astype(jnp.float32) - state.clip_rate) / finite_steps

@@ -1,0 +1,130 @@
+"""Structural guard: a clip chained before Adam materialises no gradient-sized array.
+
+XLA fuses ``g * scale`` (``scale`` a scalar, or one per leaf) into the loops
+that read the clipped gradient next, so ``chain(clipper, adam)`` compiles to
+the same number of gradient-sized buffers as Adam alone: the clip costs one
+read of the gradients and no write. A clip written as a per-element
+``g / norm * threshold`` (``optax.clip_by_global_norm``) writes a new gradient
+tree first, which shows up here as one extra gradient-sized output per leaf.
+
+The check reads the compiled HLO (no timing, so it cannot be flaky): in the
+entry computation, the code that runs on every step, it counts the
+instructions whose result holds an array as large as a gradient leaf.
+Conditional branches (the overflow fallback of the norm, which runs only when
+the float32 sum of squares overflows) are not counted.
+"""
+
+from __future__ import annotations
+
+import re
+
+import jax
+import jax.numpy as jnp
+import optax
+import pytest
+
+import adaclip
+
+LEAF_ELEMENTS = 1 << 16
+SHAPES = {"w1": (256, 256), "b": (LEAF_ELEMENTS,), "w2": (16, 64, 64)}
+# Instructions that create no new buffer.
+NOT_BUFFERS = {"parameter", "tuple", "get-tuple-element", "bitcast", "constant"}
+_ARRAY = re.compile(r"\b(?:pred|[suf]\d+|bf16)\[([\d,]*)\]")
+_INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%\S+\s*=\s*(.*?)\s+([a-z][\w\-]*)\(")
+
+
+def _entry_lines(hlo: str) -> list[str]:
+    lines = hlo.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("ENTRY"))
+    end = next(i for i in range(start + 1, len(lines)) if lines[i].startswith("}"))
+    return lines[start + 1 : end]
+
+
+def large_buffers(hlo: str, min_elements: int = LEAF_ELEMENTS) -> list[str]:
+    """The entry instructions that write an array of ``>= min_elements`` elements."""
+    found = []
+    for line in _entry_lines(hlo):
+        match = _INSTRUCTION.match(line)
+        if match is None:
+            continue
+        result_type, opcode = match.groups()
+        if opcode in NOT_BUFFERS:
+            continue
+        for dims in _ARRAY.findall(result_type):
+            size = 1
+            for d in filter(None, dims.split(",")):
+                size *= int(d)
+            if size >= min_elements:
+                found.append(line.strip()[:160])
+    return found
+
+
+def compiled_hlo(clipper) -> str:
+    adam = optax.adam(1e-3)
+    tx = adam if clipper is None else optax.chain(clipper, adam)
+    params = {k: jnp.zeros(s, jnp.float32) for k, s in SHAPES.items()}
+    grads = {k: jnp.ones(s, jnp.float32) for k, s in SHAPES.items()}
+
+    def step(params, opt_state, grads):
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state
+
+    jitted = jax.jit(step, donate_argnums=(0, 1))
+    return jitted.lower(params, tx.init(params), grads).compile().as_text()
+
+
+def _rules():
+    rules = {
+        "fixed": lambda: 1.0,
+        "ema": lambda: adaclip.ema(2.0, 0.99),
+        "moving_average": lambda: adaclip.moving_average(2.0, 100),
+    }
+    if hasattr(adaclip, "percentile"):
+        rules["percentile"] = lambda: adaclip.percentile(10.0, 100)
+    if hasattr(adaclip, "zscore"):
+        rules["zscore"] = lambda: adaclip.zscore()
+    return rules
+
+
+def _transforms():
+    clippers = {
+        "global": adaclip.clip_by_global_norm,
+        "leaf": adaclip.clip_by_leaf_norm,
+        "value": adaclip.clip_by_value,
+    }
+    out = {
+        f"{c}-{r}": (lambda c=clipper, r=rule: c(r()))
+        for c, clipper in clippers.items()
+        for r, rule in _rules().items()
+    }
+    out["global-fixed-propagate"] = lambda: adaclip.clip_by_global_norm(1.0, nonfinite="propagate")
+    for recipe in ("autoclip", "zclip", "adagc"):
+        if hasattr(adaclip, recipe):
+            out[recipe] = getattr(adaclip, recipe)
+    return out
+
+
+TRANSFORMS = _transforms()
+
+
+@pytest.fixture(scope="module")
+def adam_buffers():
+    return large_buffers(compiled_hlo(None))
+
+
+def test_adam_alone_writes_three_buffers_per_leaf(adam_buffers):
+    # mu, nu and the new parameters: the guard's baseline is what we expect.
+    assert len(adam_buffers) == 3 * len(SHAPES), adam_buffers
+
+
+@pytest.mark.parametrize("name", sorted(TRANSFORMS))
+def test_clip_adds_no_gradient_sized_buffer(name, adam_buffers):
+    found = large_buffers(compiled_hlo(TRANSFORMS[name]()))
+    assert len(found) == len(adam_buffers), "\n".join(found)
+
+
+def test_guard_catches_optax_clip_by_global_norm(adam_buffers):
+    # optax writes the clipped gradient tree out before Adam reads it: one
+    # extra gradient-sized buffer per leaf. The guard must see it.
+    found = large_buffers(compiled_hlo(optax.clip_by_global_norm(1.0)))
+    assert len(found) == len(adam_buffers) + len(SHAPES), "\n".join(found)

@@ -15,6 +15,8 @@ from adaclip._schedule_rules import ScheduleState as ScheduleState
 from adaclip._schedule_rules import decaying as decaying
 from adaclip._schedule_rules import fixed as fixed
 from adaclip._schedule_rules import scheduled as scheduled
+from adaclip._skip import SkipState as SkipState
+from adaclip._skip import skip_bad_steps as skip_bad_steps
 from adaclip._window_rules import WindowState as WindowState
 from adaclip._window_rules import moving_average as moving_average
 
@@ -28,6 +30,7 @@ __all__ = [
     "EmaState",
     "FixedState",
     "ScheduleState",
+    "SkipState",
     "ThresholdRule",
     "WindowState",
     "clip_by_global_norm",
@@ -39,4 +42,5 @@ __all__ = [
     "metrics",
     "moving_average",
     "scheduled",
+    "skip_bad_steps",
 ]

@@ -74,8 +74,10 @@ def as_rule(threshold: ThresholdLike, name: str = "threshold") -> ThresholdRule:
     if callable(threshold):
         return scheduled(threshold)
     if _validation.is_traced(threshold) or isinstance(threshold, jax.Array):
+        _validation.check_nonnegative(name, threshold)
         return fixed(threshold)
     try:
+        _validation.check_nonnegative(name, threshold)
         return fixed(threshold)
     except TypeError:
         raise TypeError(

@@ -49,7 +49,7 @@ def skip_bad_steps(
 
     A skipped step returns an all-zero update and leaves every part of the
     inner optimizer state as it was (Adam's moments and step count, schedules,
-    ``optax.MultiSteps`` accumulators), except the clippers' own states, which
+    injected hyper-parameters), except the clippers' own states, which
     record the step as they always do: a non-finite statistic is counted in
     ``nonfinite_count`` and kept out of the rule; a spike is seen by the rule
     exactly as without this wrapper, so an adaptive threshold can follow a
@@ -62,8 +62,13 @@ def skip_bad_steps(
     step with norm above ``c`` is skipped; with a rule that sets
     "mean + k std" (a z-score rule) and ``spike_factor=1`` it is their rule.
 
+    With gradient accumulation, wrap this in ``optax.MultiSteps`` (not the
+    other way round): ``optax.MultiSteps(adaclip.skip_bad_steps(inner), k)``
+    skips a bad accumulated step and still resets the accumulator.
+
     Args:
-        inner: the optimizer to wrap; it must contain an adaclip clipper.
+        inner: the optimizer to wrap; it must contain an adaclip clipper and
+            no ``optax.MultiSteps``.
         spike_factor: ``None`` (the default) to skip non-finite steps only,
             or a number > 0: a finite step whose statistic exceeds
             ``spike_factor`` times its threshold is skipped too.
@@ -76,7 +81,8 @@ def skip_bad_steps(
     Raises:
         TypeError, ValueError: a bad ``spike_factor`` or an ``inner`` that is
             not an optax transformation (at construction); ValueError at
-            ``init`` if ``inner``'s state holds no adaclip clipper.
+            ``init`` if ``inner``'s state holds no adaclip clipper or holds
+            an ``optax.MultiSteps``.
 
     Examples:
         >>> import jax.numpy as jnp, optax
@@ -105,6 +111,13 @@ def skip_bad_steps(
 
     def init_fn(params):
         inner_state = inner.init(params)
+        multi = lambda x: isinstance(x, optax.MultiStepsState)  # noqa: E731
+        if any(multi(x) for x in jax.tree.leaves(inner_state, is_leaf=multi)):
+            raise ValueError(
+                "inner contains optax.MultiSteps: put it outside instead, "
+                "optax.MultiSteps(adaclip.skip_bad_steps(...), k), so that a skipped "
+                "step still resets the accumulator."
+            )
         if not _clip_states(inner_state):
             raise ValueError(
                 "inner must contain an adaclip clipper (clip_by_global_norm, "

@@ -98,14 +98,14 @@ def test_resume_is_bit_identical(name, tmp_path):
 
 
 def test_wrapped_chain_resumes(tmp_path):
-    """skip_bad_steps around MultiSteps around a chain of a per-leaf clipper
+    """MultiSteps around skip_bad_steps around a chain of a per-leaf clipper
     and inject_hyperparams(adam): the whole nested state checkpoints and
     resumes bit for bit, including the accumulator mid-accumulation."""
     inner = optax.chain(
         adaclip.clip_by_leaf_norm(adaclip.ema(2.0, 0.8)),
         optax.inject_hyperparams(optax.adam)(learning_rate=1e-2),
     )
-    multi = optax.MultiSteps(inner, every_k_schedule=2).gradient_transformation()
-    tx = adaclip.skip_bad_steps(multi, spike_factor=1.5)
+    skip = adaclip.skip_bad_steps(inner, spike_factor=1.5)
+    tx = optax.MultiSteps(skip, every_k_schedule=2).gradient_transformation()
     state = _check_resume(tx, _params(), 5, tmp_path)  # 5: mid-accumulation
-    assert int(state.skip_count) >= 1
+    assert int(state.inner_opt_state.skip_count) >= 1

@@ -7,9 +7,20 @@ from adaclip._clippers import ClipState as ClipState
 from adaclip._clippers import clip_by_global_norm as clip_by_global_norm
 from adaclip._clippers import clip_by_leaf_norm as clip_by_leaf_norm
 from adaclip._clippers import clip_by_value as clip_by_value
+from adaclip._combinators import clamp as clamp
+from adaclip._combinators import maximum as maximum
+from adaclip._combinators import minimum as minimum
+from adaclip._combinators import warmup as warmup
 from adaclip._ema_rules import EmaState as EmaState
+from adaclip._ema_rules import ZScoreState as ZScoreState
 from adaclip._ema_rules import ema as ema
+from adaclip._ema_rules import zscore as zscore
 from adaclip._metrics import metrics as metrics
+from adaclip._quantile import QuantileState as QuantileState
+from adaclip._quantile import quantile as quantile
+from adaclip._recipes import adagc as adagc
+from adaclip._recipes import autoclip as autoclip
+from adaclip._recipes import zclip as zclip
 from adaclip._schedule_rules import FixedState as FixedState
 from adaclip._schedule_rules import ScheduleState as ScheduleState
 from adaclip._schedule_rules import decaying as decaying
@@ -17,8 +28,10 @@ from adaclip._schedule_rules import fixed as fixed
 from adaclip._schedule_rules import scheduled as scheduled
 from adaclip._skip import SkipState as SkipState
 from adaclip._skip import skip_bad_steps as skip_bad_steps
+from adaclip._window_rules import PercentileState as PercentileState
 from adaclip._window_rules import WindowState as WindowState
 from adaclip._window_rules import moving_average as moving_average
+from adaclip._window_rules import percentile as percentile
 
 try:
     __version__ = importlib.metadata.version("adaclip")
@@ -29,18 +42,31 @@ __all__ = [
     "ClipState",
     "EmaState",
     "FixedState",
+    "PercentileState",
+    "QuantileState",
     "ScheduleState",
     "SkipState",
     "ThresholdRule",
     "WindowState",
+    "ZScoreState",
+    "adagc",
+    "autoclip",
+    "clamp",
     "clip_by_global_norm",
     "clip_by_leaf_norm",
     "clip_by_value",
     "decaying",
     "ema",
     "fixed",
+    "maximum",
     "metrics",
+    "minimum",
     "moving_average",
+    "percentile",
+    "quantile",
     "scheduled",
     "skip_bad_steps",
+    "warmup",
+    "zclip",
+    "zscore",
 ]

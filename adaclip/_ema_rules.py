@@ -106,3 +106,164 @@ def ema(
         return threshold, EmaState(ema=new_ema, count=optax.safe_increment(state.count))
 
     return ThresholdRule(init_fn, update_fn)
+
+
+ZSCORE_MODES = ("zscore", "percentile")
+ZSCORE_CLIP_OPTIONS = ("adaptive_scaling", "mean")
+_ZSCORE_EPS = 1e-6  # ZClip's eps in z = (s - mean) / (std + eps).
+_F32_MAX = float(jnp.finfo(jnp.float32).max)
+
+
+class ZScoreState(NamedTuple):
+    """State of :func:`adaclip.zscore`."""
+
+    mean: jax.Array  # float32, statistic's shape: running mean (warm-up), then EMA.
+    # float32, statistic's shape: during warm-up the sum of squared deviations
+    # from the running mean, then the EMA variance.
+    var: jax.Array
+    count: jax.Array  # int32, (): finite steps taken so far.
+
+
+def zscore(
+    alpha: Any = 0.97,
+    z_thresh: Any = 2.5,
+    warmup_steps: Any = 25,
+    *,
+    mode: str = "zscore",
+    clip_option: str = "adaptive_scaling",
+    clip_factor: Any = 1.0,
+    skip_update_on_spike: bool = False,
+) -> ThresholdRule:
+    """ZClip's rule: clip statistics that are outliers against an EMA mean and variance.
+
+    **Warm-up.** For the first $W$ = ``warmup_steps`` steps nothing is cut
+    (the threshold reported is the statistic itself); the statistics are
+    summarised into their mean $\\mu$ and *population* variance $\\sigma^2$
+    (running sums, so $W$ may be traced).
+
+    **After warm-up**, with $\\sigma = \\sqrt{v}$, $z_t = (s_t - \\mu) /
+    (\\sigma + 10^{-6})$ and $z^\\ast$ = ``z_thresh``:
+
+    - ``mode="zscore"``: a spike is $z_t > z^\\ast$; its threshold is
+      $c_t = k\\,(\\mu + z^{\\ast 2}\\sigma / z_t)$ with $k$ = ``clip_factor``
+      (``clip_option="adaptive_scaling"``: the larger the outlier, the lower
+      its bound) or $c_t = \\mu$ (``clip_option="mean"``, which ignores $k$);
+    - ``mode="percentile"``: a spike is $s_t > \\mu + z^\\ast\\sigma$ and
+      $c_t = \\mu + z^\\ast \\sigma$ (``clip_option`` and $k$ are ignored).
+
+    Without a spike $c_t = s_t$ (nothing is cut). Then, in ZClip's order,
+    with $x_t = c_t$ on a spike and $s_t$ otherwise:
+
+    $$\\mu \\leftarrow \\alpha\\mu + (1-\\alpha)x_t,\\qquad
+      v \\leftarrow \\alpha v + (1-\\alpha)(x_t - \\mu)^2$$
+
+    (the variance uses the already-updated mean; no bias correction). With
+    ``skip_update_on_spike=True`` a spike leaves $\\mu$ and $v$ unchanged.
+    Statistics with several entries (per-leaf norms) get one $\\mu$, $v$ and
+    spike test per entry.
+
+    This is the rule of ZClip (Kumar et al. 2025); :func:`adaclip.zclip` adds
+    ZClip's cap ``max_grad_norm`` and clips the global norm. On finite
+    statistics it is the original rule, quirks included: ``clip_factor``
+    scales the whole bound, and under a sustained upward shift of the
+    statistic the EMA is fed about its own mean, so the variance collapses
+    and later steps keep being clipped to the old level.
+
+    **Differences from ZClip.** A NaN or infinite statistic never enters the
+    mean or variance (in the original one NaN makes both NaN forever, after
+    which no spike is ever detected again), so a later spike is still
+    clipped; the variance is kept finite (capped at the float32 maximum) and
+    the threshold is always finite.
+
+    Args:
+        alpha: EMA factor $\\alpha \\in (0, 1)$.
+        z_thresh: $z^\\ast > 0$.
+        warmup_steps: $W$, an int >= 1 (may be traced).
+        mode: ``"zscore"`` or ``"percentile"``.
+        clip_option: ``"adaptive_scaling"`` or ``"mean"`` (``mode="zscore"`` only).
+        clip_factor: $k > 0$, scales the adaptive bound.
+        skip_update_on_spike: keep spikes out of the EMA (a Python bool).
+
+    Returns:
+        An :class:`adaclip.ThresholdRule` whose state is a
+        :class:`adaclip.ZScoreState`.
+
+    Raises:
+        TypeError: an argument has the wrong type.
+        ValueError: an argument is out of its range or a string is unknown.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> import adaclip
+        >>> rule = adaclip.zscore(alpha=0.9, z_thresh=2.0, warmup_steps=4)
+        >>> state = rule.init(jnp.zeros(()))
+        >>> for s in [1.0, 1.2, 0.8, 1.0, 1.1, 9.0]:
+        ...     threshold, state = rule.update(jnp.float32(s), state)
+        ...     print(round(float(threshold), 3))
+        1.0
+        1.2
+        0.8
+        1.0
+        1.1
+        1.019
+
+    References:
+        Kumar, Owen, Ashraf, Sarkar. *ZClip: Adaptive Spike Mitigation for LLM
+        Pre-Training*, 2025. [arXiv:2504.02507](https://arxiv.org/abs/2504.02507)
+    """
+    _validation.check_real("alpha", alpha, low=0.0, high=1.0, low_open=True, high_open=True)
+    _validation.check_positive("z_thresh", z_thresh)
+    _validation.check_int("warmup_steps", warmup_steps, low=1)
+    _validation.check_choice("mode", mode, ZSCORE_MODES)
+    _validation.check_choice("clip_option", clip_option, ZSCORE_CLIP_OPTIONS)
+    _validation.check_positive("clip_factor", clip_factor)
+    if not isinstance(skip_update_on_spike, bool):
+        raise TypeError(f"skip_update_on_spike must be a bool, got {skip_update_on_spike!r}.")
+
+    def init_fn(statistic):
+        zeros = jnp.zeros(jnp.shape(statistic), jnp.float32)
+        return ZScoreState(mean=zeros, var=zeros, count=jnp.zeros([], jnp.int32))
+
+    def update_fn(statistic, state):
+        s = as_f32(statistic)
+        a, zt = as_f32(alpha), as_f32(z_thresh)
+        in_warmup = state.count < warmup_steps
+
+        # Warm-up: Welford's running mean and sum of squared deviations; at the
+        # last warm-up step the sum becomes the population variance.
+        n = optax.safe_increment(state.count)
+        delta = s - state.mean
+        w_mean = state.mean + delta / n.astype(jnp.float32)
+        w_m2 = state.var + delta * (s - w_mean)
+        w_var = jnp.where(n >= warmup_steps, w_m2 / n.astype(jnp.float32), w_m2)
+
+        # After warm-up: the spike test and its bound.
+        std = jnp.sqrt(state.var)
+        if mode == "percentile":
+            level = state.mean + zt * std
+            spike = s > level
+            bound = level
+        else:
+            z = (s - state.mean) / (std + _ZSCORE_EPS)
+            spike = z > zt
+            if clip_option == "mean":
+                bound = state.mean
+            else:
+                safe_z = jnp.where(spike, z, zt)  # z > zt > 0 where used.
+                bound = as_f32(clip_factor) * (state.mean + zt * std / (safe_z / zt))
+        fed = jnp.where(spike, bound, s)
+        e_mean = a * state.mean + (1.0 - a) * fed
+        e_var = a * state.var + (1.0 - a) * jnp.square(fed - e_mean)
+        if skip_update_on_spike:
+            e_mean = jnp.where(spike, state.mean, e_mean)
+            e_var = jnp.where(spike, state.var, e_var)
+
+        threshold = jnp.where(in_warmup | ~spike, s, bound)
+        new_state = ZScoreState(
+            mean=jnp.where(in_warmup, w_mean, e_mean),
+            var=jnp.minimum(jnp.where(in_warmup, w_var, e_var), _F32_MAX),
+            count=n,
+        )
+        return threshold, new_state
+
+    return ThresholdRule(init_fn, update_fn)

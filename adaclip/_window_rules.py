@@ -105,3 +105,134 @@ def moving_average(multiplier: Any, window: int, *, feed: str = "raw") -> Thresh
         return threshold, window_push(state, fed, window)
 
     return ThresholdRule(init_fn, update_fn)
+
+
+# Fills the unused tail of the sorted copy: larger than any finite statistic
+# can be (ties with a statistic equal to it are harmless), and finite, so the
+# state stays finite.
+_EMPTY = float(jnp.finfo(jnp.float32).max)
+
+
+class PercentileState(NamedTuple):
+    """State of :func:`adaclip.percentile`: a ring buffer and a sorted copy of it."""
+
+    buffer: jax.Array  # float32, (window, *statistic.shape): statistics in arrival order.
+    sorted: jax.Array  # float32, (window, *statistic.shape): the same, ascending; tail = max.
+    count: jax.Array  # int32, (): statistics pushed so far (finite steps).
+
+
+def _sorted_replace(sorted_: jax.Array, old: jax.Array, new: jax.Array) -> jax.Array:
+    """Removes one copy of ``old`` from the sorted array and inserts ``new``.
+
+    Exact and O(window) per entry of the statistic: two counts find the
+    positions, two shifted selects move the elements (no sort, no gather).
+    ``old`` must be present in ``sorted_`` (the evicted value, or the
+    ``_EMPTY`` filler while the window is not full).
+    """
+    idx = lax.broadcasted_iota(jnp.int32, sorted_.shape, 0)
+    old, new = old[None], new[None]  # broadcast over the window axis
+    filler = jnp.full_like(sorted_[:1], _EMPTY)
+    # Remove: every element from the first copy of `old` on moves one left.
+    at_old = jnp.sum(sorted_ < old, axis=0, dtype=jnp.int32)[None]
+    shifted_left = jnp.concatenate([sorted_[1:], filler], axis=0)
+    removed = jnp.where(idx < at_old, sorted_, shifted_left)
+    # Insert: the elements after `new`'s place move one right.
+    at_new = jnp.sum(removed[:-1] < new, axis=0, dtype=jnp.int32)[None]
+    shifted_right = jnp.concatenate([filler, removed[:-1]], axis=0)
+    return jnp.where(idx < at_new, removed, jnp.where(idx == at_new, new, shifted_right))
+
+
+def _interpolated_percentile(sorted_: jax.Array, n: jax.Array, p: Any) -> jax.Array:
+    """``np.percentile(sorted_[:n], p)`` (linear interpolation) along axis 0, n >= 1."""
+    # Position p/100 * (n-1), split so its integer part is exact in float32.
+    scaled = as_f32(p) * (n - 1).astype(jnp.float32)  # 100 * position
+    lo = jnp.clip(jnp.floor(scaled / 100.0).astype(jnp.int32), 0, n - 1)
+    frac = jnp.clip((scaled - 100.0 * lo.astype(jnp.float32)) / 100.0, 0.0, 1.0)
+    hi = jnp.minimum(lo + 1, n - 1)
+    a = lax.dynamic_index_in_dim(sorted_, lo, axis=0, keepdims=False)
+    b = lax.dynamic_index_in_dim(sorted_, hi, axis=0, keepdims=False)
+    return a + (b - a) * frac
+
+
+def percentile(p: Any, window: int) -> ThresholdRule:
+    """The p-th percentile of the last ``window`` statistics, the current one included.
+
+    With $n_t = \\min(t + 1, w)$ and $s_{(1)} \\le \\dots \\le s_{(n_t)}$ the
+    statistics $s_{t-n_t+1}, \\dots, s_t$ in ascending order:
+
+    $$c_t = s_{(k)} + f \\left(s_{(k+1)} - s_{(k)}\\right),\\qquad
+      k + f = 1 + \\frac{p}{100}(n_t - 1)$$
+
+    the linear interpolation of ``np.percentile``. This is AutoClip's rule
+    (Seetharaman et al. 2020): since the current statistic is included, at
+    step 0 the threshold is the statistic itself, and a spike can raise the
+    threshold it is clipped to only by one rank.
+
+    **Differences from AutoClip.** The original keeps the whole history, so
+    its memory and per-step cost grow with the step count; here the history
+    is the last ``window`` statistics (before the window is full, all steps
+    so far, so with ``window`` at least the number of steps taken this is the
+    original rule). A NaN or infinite statistic never enters the window (in
+    the original one NaN makes every later threshold NaN), so a later spike
+    is still clipped and the threshold stays finite. Zero statistics do
+    enter the window, as in the original.
+
+    **Cost.** The state keeps the window twice: in arrival order (a ring
+    buffer, to know which value leaves) and sorted. Each step removes the
+    leaving value from the sorted copy and inserts the new one with two
+    counts and two shifted selects: O(``window``) per entry of the statistic,
+    exact, no sort, independent of the step count.
+
+    Args:
+        p: the percentile, in [0, 100] (may be traced). AutoClip recommends 10.
+        window: $w$, a Python int >= 1 (static: it sets the buffer's size).
+
+    Returns:
+        An :class:`adaclip.ThresholdRule` whose state is a
+        :class:`adaclip.PercentileState`.
+
+    Raises:
+        TypeError: an argument has the wrong type.
+        ValueError: an argument is out of its range.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> import adaclip
+        >>> rule = adaclip.percentile(50.0, window=3)
+        >>> state = rule.init(jnp.zeros(()))
+        >>> for s in [4.0, 2.0, 9.0, 1.0, 3.0]:
+        ...     threshold, state = rule.update(jnp.float32(s), state)
+        ...     print(float(threshold))
+        4.0
+        3.0
+        4.0
+        2.0
+        3.0
+
+    References:
+        Seetharaman, Wichern, Pardo, Le Roux. *AutoClip: Adaptive gradient
+        clipping for source separation networks*, MLSP 2020.
+        [arXiv:2007.14469](https://arxiv.org/abs/2007.14469)
+    """
+    _validation.check_real("p", p, low=0.0, high=100.0)
+    _validation.check_int("window", window, low=1, static=True)
+    window = int(window)
+
+    def init_fn(statistic):
+        ring = window_init(statistic, window)
+        return PercentileState(
+            buffer=ring.buffer, sorted=jnp.full_like(ring.buffer, _EMPTY), count=ring.count
+        )
+
+    def update_fn(statistic, state):
+        statistic = as_f32(statistic)
+        full = state.count >= window
+        slot = lax.rem(state.count, jnp.int32(window))
+        oldest = lax.dynamic_index_in_dim(state.buffer, slot, axis=0, keepdims=False)
+        leaving = jnp.where(full, oldest, _EMPTY)
+        sorted_ = _sorted_replace(state.sorted, leaving, statistic)
+        ring = window_push(WindowState(state.buffer, state.count), statistic, window)
+        threshold = _interpolated_percentile(sorted_, window_filled(ring, window), p)
+        return threshold, PercentileState(buffer=ring.buffer, sorted=sorted_, count=ring.count)
+
+    return ThresholdRule(init_fn, update_fn)

@@ -1,0 +1,306 @@
+"""Paper methods as recipes: a clipper, a rule and the original's defaults.
+
+The originals rescale with PyTorch's ``g * c / (norm + 1e-6)``, while
+adaclip's clippers use ``g * c / norm`` (so that a fixed threshold equals
+``optax.clip_by_global_norm``). For small norms the two differ by more than
+float32 rounding, so each recipe folds the original's epsilon into the
+threshold it reports: on a clipped step the threshold is the norm the
+gradient is clipped *to*, ``c * norm / (norm + 1e-6)``, and the clipper's
+``c' / norm`` is then exactly the original's scale. The clippers themselves
+are untouched.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from adaclip import _validation
+from adaclip._base import ThresholdRule, as_f32
+from adaclip._clippers import clip_by_global_norm, clip_by_leaf_norm
+from adaclip._combinators import minimum
+from adaclip._ema_rules import zscore
+from adaclip._window_rules import percentile as percentile_rule
+
+TORCH_EPS = 1e-6  # the epsilon of torch.nn.utils.clip_grad_norm_ and of the originals.
+
+
+def _with_eps(rule: ThresholdRule, *, always: bool) -> ThresholdRule:
+    """Reports the threshold so that ``c' / norm == c / (norm + eps)`` where clipped.
+
+    ``always=True`` is torch's ``clip_grad_norm_``: the gradient is scaled by
+    ``min(1, c / (norm + eps))``, so it is (slightly) scaled whenever
+    ``norm + eps > c``. ``always=False`` scales by ``c / (norm + eps)`` only
+    when ``norm > c`` (ZClip, AdaGC after warm-up).
+    """
+
+    def update_fn(statistic, state):
+        c, state = rule.update(statistic, state)
+        c = as_f32(c)
+        s = as_f32(statistic)
+        cut = (s + TORCH_EPS > c) if always else (s > c)
+        return jnp.where(cut, c * (s / (s + TORCH_EPS)), c), state
+
+    return ThresholdRule(rule.init, update_fn)
+
+
+def autoclip(
+    percentile: Any = 10.0,
+    window: int = 10_000,
+    *,
+    nonfinite: str = "skip",
+    axis_name: Any = None,
+) -> optax.GradientTransformationExtraArgs:
+    """AutoClip: clip the global norm at a percentile of its recent history.
+
+    $$c_t = \\mathrm{percentile}_p\\left(\\lVert g_{t-w+1}\\rVert, \\dots,
+      \\lVert g_t\\rVert\\right),\\qquad
+      g_t \\leftarrow g_t \\min\\left(1, \\frac{c_t}{\\lVert g_t\\rVert + 10^{-6}}\\right)$$
+
+    :func:`adaclip.clip_by_global_norm` with :func:`adaclip.percentile` and
+    PyTorch's rescaling (Seetharaman et al. 2020, defaults from the paper:
+    $p = 10$). The current norm is part of the history, so at step 0 the
+    threshold is the first norm itself. With ``window`` at least the number
+    of steps taken, the post-clip norms are the original's step for step;
+    the threshold metric on a clipped step is the norm clipped to,
+    $c_t \\lVert g_t\\rVert / (\\lVert g_t\\rVert + 10^{-6})$.
+
+    **Differences from AutoClip.** The history is the last ``window`` norms
+    (the original keeps every norm, with memory and per-step cost growing
+    with the step count); a NaN or infinite norm never enters it (in the
+    original one NaN makes every later threshold NaN), and the step's update
+    is zeros (``nonfinite="skip"``) or passed through (``"propagate"``).
+
+    Args:
+        percentile: $p \\in [0, 100]$.
+        window: $w$, a Python int >= 1, the number of past norms kept.
+        nonfinite: ``"skip"`` or ``"propagate"``, see
+            :func:`adaclip.clip_by_global_norm`.
+        axis_name: the mapped axis the gradients are split over, if any.
+
+    Returns:
+        An ``optax.GradientTransformationExtraArgs`` whose state is a
+        :class:`adaclip.ClipState`.
+
+    Raises:
+        TypeError, ValueError: a bad argument.
+
+    Examples:
+        >>> import jax.numpy as jnp, optax
+        >>> import adaclip
+        >>> tx = optax.chain(adaclip.autoclip(10.0, window=1000), optax.adam(1e-3))
+        >>> state = tx.init({"w": jnp.zeros(3)})
+
+    References:
+        Seetharaman, Wichern, Pardo, Le Roux. *AutoClip: Adaptive gradient
+        clipping for source separation networks*, MLSP 2020.
+        [arXiv:2007.14469](https://arxiv.org/abs/2007.14469)
+    """
+    rule = _with_eps(percentile_rule(percentile, window), always=True)
+    return clip_by_global_norm(rule, nonfinite=nonfinite, axis_name=axis_name)
+
+
+def zclip(
+    alpha: Any = 0.97,
+    z_thresh: Any = 2.5,
+    warmup_steps: Any = 25,
+    max_norm: Any = 1.0,
+    mode: str = "zscore",
+    clip_option: str = "adaptive_scaling",
+    clip_factor: Any = 1.0,
+    skip_update_on_spike: bool = False,
+    *,
+    nonfinite: str = "skip",
+    axis_name: Any = None,
+) -> optax.GradientTransformationExtraArgs:
+    """ZClip: clip global-norm spikes detected by a z-score against an EMA.
+
+    :func:`adaclip.clip_by_global_norm` with :func:`adaclip.zscore` (see it
+    for the maths) under the cap ``max_norm``, ZClip's ``max_grad_norm``:
+    the bound applied at step $t$ is $\\min(c_t, M)$ with $c_t$ the z-score
+    bound on a spike and the norm itself otherwise, and the gradient is
+    scaled by $\\min(c_t, M) / (\\lVert g_t\\rVert + 10^{-6})$ when the norm
+    exceeds it. During the ``warmup_steps`` steps only the cap applies; with
+    ``max_norm=None`` nothing is clipped during warm-up. Defaults are
+    ZClip's (Kumar et al. 2025). With the default cap of 1.0 the recipe
+    mostly behaves like fixed clipping at 1.0 when norms are above 1, as
+    the original does; pass ``max_norm=None`` for the purely adaptive rule.
+
+    On finite inputs the post-clip norms are the original's step for step
+    (during warm-up ZClip uses torch's ``min(1, M / (norm + 1e-6))``, which
+    also scales norms within $10^{-6}$ below $M$ by up to $10^{-6}$
+    relative; here those are left alone). The threshold metric on a clipped
+    step is the norm clipped to, $\\min(c_t, M)\\lVert g_t\\rVert /
+    (\\lVert g_t\\rVert + 10^{-6})$.
+
+    **Differences from ZClip.** A NaN or infinite norm never enters the EMA
+    (in the original, one NaN makes the mean and variance NaN forever, after
+    which no spike is ever detected); the step's update is zeros
+    (``nonfinite="skip"``) or passed through (``"propagate"``), and later
+    spikes are still clipped.
+
+    Args:
+        alpha: EMA factor in (0, 1).
+        z_thresh: z-score threshold, > 0.
+        warmup_steps: int >= 1 (may be traced).
+        max_norm: the cap $M \\ge 0$, or None for no cap.
+        mode: ``"zscore"`` or ``"percentile"``.
+        clip_option: ``"adaptive_scaling"`` or ``"mean"``.
+        clip_factor: > 0, scales the adaptive bound.
+        skip_update_on_spike: keep spikes out of the EMA.
+        nonfinite: ``"skip"`` or ``"propagate"``.
+        axis_name: the mapped axis the gradients are split over, if any.
+
+    Returns:
+        An ``optax.GradientTransformationExtraArgs`` whose state is a
+        :class:`adaclip.ClipState`.
+
+    Raises:
+        TypeError, ValueError: a bad argument.
+
+    Examples:
+        >>> import jax.numpy as jnp, optax
+        >>> import adaclip
+        >>> tx = optax.chain(adaclip.zclip(max_norm=None), optax.adamw(1e-3))
+        >>> state = tx.init({"w": jnp.zeros(3)})
+
+    References:
+        Kumar, Owen, Ashraf, Sarkar. *ZClip: Adaptive Spike Mitigation for LLM
+        Pre-Training*, 2025. [arXiv:2504.02507](https://arxiv.org/abs/2504.02507)
+    """
+    rule = zscore(
+        alpha,
+        z_thresh,
+        warmup_steps,
+        mode=mode,
+        clip_option=clip_option,
+        clip_factor=clip_factor,
+        skip_update_on_spike=skip_update_on_spike,
+    )
+    if max_norm is not None:
+        _validation.check_nonnegative("max_norm", max_norm)
+        rule = minimum(rule, max_norm)
+    rule = _with_eps(rule, always=False)
+    return clip_by_global_norm(rule, nonfinite=nonfinite, axis_name=axis_name)
+
+
+class AdaGCState(NamedTuple):
+    """State of AdaGC's rule inside :func:`adaclip.adagc`'s ``ClipState``."""
+
+    gamma: jax.Array  # float32, (n_leaves,): each leaf's reference norm.
+    count: jax.Array  # int32, (): finite steps taken so far.
+
+
+def _adagc_rule(ratio: Any, beta: Any, warmup_steps: Any, warmup_max_norm: Any) -> ThresholdRule:
+    """AdaGC's per-leaf thresholds, with the originals' epsilon folded in.
+
+    During warm-up the whole tree is scaled by ``min(1, M / (G + eps))``
+    (``G`` the global norm, from the per-leaf norms) and each leaf's
+    threshold is its post-clip norm; after warm-up each leaf is clipped at
+    ``ratio * gamma``.
+    """
+
+    def init_fn(statistic):
+        zeros = jnp.zeros(jnp.shape(statistic), jnp.float32)
+        return AdaGCState(gamma=zeros, count=jnp.zeros([], jnp.int32))
+
+    def update_fn(statistic, state):
+        s = as_f32(statistic)
+        r, b = as_f32(ratio), as_f32(beta)
+        first = state.count == 0
+
+        # Warm-up: global clipping; gamma is the running minimum of each
+        # leaf's post-clip norm.
+        global_norm = jnp.sqrt(jnp.sum(jnp.square(s)))
+        coef = jnp.minimum(1.0, as_f32(warmup_max_norm) / (global_norm + TORCH_EPS))
+        w_post = s * coef
+        w_threshold = jnp.where(coef < 1.0, w_post, s)
+        w_gamma = jnp.where(first, w_post, jnp.minimum(state.gamma, w_post))
+
+        # After warm-up: per-leaf clipping at ratio * gamma, gamma fed the
+        # clipped norm. (With warmup_steps=0 the first step only sets gamma.)
+        bound = r * state.gamma
+        spike = (s > bound) & ~first
+        a_threshold = jnp.where(spike, bound * (s / (s + TORCH_EPS)), jnp.maximum(bound, s))
+        a_gamma = jnp.where(first, s, b * state.gamma + (1.0 - b) * jnp.minimum(s, bound))
+
+        in_warmup = state.count < warmup_steps
+        threshold = jnp.where(in_warmup, w_threshold, a_threshold)
+        gamma = jnp.where(in_warmup, w_gamma, a_gamma)
+        return threshold, AdaGCState(gamma=gamma, count=optax.safe_increment(state.count))
+
+    return ThresholdRule(init_fn, update_fn)
+
+
+def adagc(
+    ratio: Any = 1.04,
+    beta: Any = 0.99,
+    warmup_steps: Any = 100,
+    warmup_max_norm: Any = 1.0,
+    *,
+    nonfinite: str = "skip",
+    axis_name: Any = None,
+) -> optax.GradientTransformationExtraArgs:
+    """AdaGC: per-leaf clipping against each leaf's own EMA of clipped norms.
+
+    For the first $W$ = ``warmup_steps`` steps the whole tree is clipped by
+    its global norm $G_t$ at $M$ = ``warmup_max_norm`` (PyTorch's
+    $\\min(1, M / (G_t + 10^{-6}))$), and each leaf's reference norm
+    $\\gamma_i$ is the running minimum of its post-clip norm. After warm-up,
+    with $r$ = ``ratio`` and $\\beta$ = ``beta``, each leaf $i$ is clipped
+    on its own:
+
+    $$g_i \\leftarrow g_i \\cdot \\frac{r\\gamma_i}{\\lVert g_i\\rVert + 10^{-6}}
+      \\ \\text{ if } \\lVert g_i\\rVert > r\\gamma_i,\\qquad
+      \\gamma_i \\leftarrow \\beta\\gamma_i + (1-\\beta)\\min(\\lVert g_i\\rVert, r\\gamma_i)$$
+
+    so a leaf's threshold can grow by at most a factor $\\beta + (1-\\beta)r$
+    a step. Defaults are the paper's (Wang et al. 2025). Built on
+    :func:`adaclip.clip_by_leaf_norm`: the metrics have one entry per leaf;
+    the threshold metric is the norm each leaf is clipped to (its post-clip
+    norm during warm-up when the global clip cuts, $r\\gamma_i
+    \\lVert g_i\\rVert/(\\lVert g_i\\rVert + 10^{-6})$ after warm-up when the
+    leaf is clipped, otherwise a value no smaller than its norm). On finite
+    inputs the post-clip norms are the original's step for step. A leaf whose
+    gradient is exactly zero at some warm-up step gets $\\gamma_i = 0$ and is
+    clipped to zero from then on, as in the original; with ``warmup_steps=0``
+    the first step sets $\\gamma_i$ to the leaf's norm and clips nothing.
+
+    **Differences from AdaGC.** A NaN or infinite norm in any leaf never
+    enters $\\gamma$ (the step's update is zeros with ``nonfinite="skip"``),
+    so later spikes are still clipped and thresholds stay finite.
+
+    Args:
+        ratio: $r > 0$.
+        beta: $\\beta \\in [0, 1)$.
+        warmup_steps: $W$, an int >= 0 (may be traced).
+        warmup_max_norm: $M \\ge 0$, the global threshold during warm-up.
+        nonfinite: ``"skip"`` or ``"propagate"``.
+        axis_name: the mapped axis the gradients are split over, if any.
+
+    Returns:
+        An ``optax.GradientTransformationExtraArgs`` whose state is a
+        :class:`adaclip.ClipState` with per-leaf metrics.
+
+    Raises:
+        TypeError, ValueError: a bad argument.
+
+    Examples:
+        >>> import jax.numpy as jnp, optax
+        >>> import adaclip
+        >>> tx = optax.chain(adaclip.adagc(), optax.adamw(1e-3))
+        >>> state = tx.init({"w": jnp.zeros(3), "b": jnp.zeros(1)})
+
+    References:
+        Wang et al. *AdaGC: Improving Training Stability for Large Language
+        Model Pretraining*, 2025. [arXiv:2502.11034](https://arxiv.org/abs/2502.11034)
+    """
+    _validation.check_positive("ratio", ratio)
+    _validation.check_real("beta", beta, low=0.0, high=1.0, high_open=True)
+    _validation.check_int("warmup_steps", warmup_steps, low=0)
+    _validation.check_nonnegative("warmup_max_norm", warmup_max_norm)
+    rule = _adagc_rule(ratio, beta, warmup_steps, warmup_max_norm)
+    return clip_by_leaf_norm(rule, nonfinite=nonfinite, axis_name=axis_name)

@@ -73,17 +73,14 @@ def as_rule(threshold: ThresholdLike, name: str = "threshold") -> ThresholdRule:
         return threshold
     if callable(threshold):
         return scheduled(threshold)
-    if _validation.is_traced(threshold) or isinstance(threshold, jax.Array):
-        _validation.check_nonnegative(name, threshold)
-        return fixed(threshold)
     try:
         _validation.check_nonnegative(name, threshold)
-        return fixed(threshold)
     except TypeError:
         raise TypeError(
             f"{name} must be a number, an optax schedule or an adaclip.ThresholdRule, "
             f"got {threshold!r}."
         ) from None
+    return fixed(threshold)
 
 
 def tree_select(pred: jax.Array, on_true: PyTree, on_false: PyTree) -> PyTree:

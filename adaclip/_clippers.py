@@ -79,17 +79,18 @@ def _make_clipper(
         threshold = jnp.where(finite, threshold, state.threshold)
         clipped = finite & (stat > threshold)
 
-        # "propagate" lets a non-finite step through untouched (scale 1).
+        # A non-finite step is zeroed ("skip") or let through untouched
+        # ("propagate": an infinite threshold makes the clip the identity).
         keep = jnp.asarray(True) if nonfinite == "propagate" else finite
-        scale_stat = jnp.where(finite, stat, 0.0)
+        bound = jnp.where(finite, threshold, jnp.inf)
         if per_leaf:
             new_leaves = [
-                apply_fn(g, scale_stat[i], threshold[i], keep) if f else g
+                apply_fn(g, stat[i], bound[i], keep) if f else g
                 for i, (g, f) in enumerate(zip(leaves, is_float, strict=True))
             ]
         else:
             new_leaves = [
-                apply_fn(g, scale_stat, threshold, keep) if f else g
+                apply_fn(g, stat, bound, keep) if f else g
                 for g, f in zip(leaves, is_float, strict=True)
             ]
 

@@ -251,6 +251,7 @@ def zscore(
             else:
                 safe_z = jnp.where(spike, z, zt)  # z > zt > 0 where used.
                 bound = as_f32(clip_factor) * (state.mean + zt * std / (safe_z / zt))
+        bound = jnp.minimum(bound, _F32_MAX)  # finite even for extreme statistics
         fed = jnp.where(spike, bound, s)
         e_mean = a * state.mean + (1.0 - a) * fed
         e_var = a * state.var + (1.0 - a) * jnp.square(fed - e_mean)

@@ -29,14 +29,22 @@ def _key_name(key: Any) -> str:
     return str(key)
 
 
-def _short_name(path: tuple) -> str:
-    """Keeps dict keys and sequence indices (partition labels, chain positions)."""
+def _short_names(paths: list[tuple]) -> list[str]:
+    """Names made of dict keys and sequence indices (partition labels, chain
+    positions), leaving out the parts that every path shares."""
     kept = [
-        _key_name(k)
-        for k in path
-        if isinstance(k, jax.tree_util.DictKey | jax.tree_util.SequenceKey)
+        [
+            _key_name(k)
+            for k in p
+            if isinstance(k, jax.tree_util.DictKey | jax.tree_util.SequenceKey)
+        ]
+        for p in paths
     ]
-    return "/".join(kept)
+    if len({len(k) for k in kept}) == 1:
+        columns = list(zip(*kept, strict=True))
+        differ = [len(set(col)) > 1 for col in columns]
+        kept = [[c for c, d in zip(k, differ, strict=True) if d] for k in kept]
+    return ["/".join(k) for k in kept]
 
 
 def _unwrap(value: Any) -> jax.Array:
@@ -83,7 +91,7 @@ def metrics(opt_state: Any) -> dict[str, jax.Array]:
     if len(found) == 1:
         prefixes = [""]
     else:
-        prefixes = [_short_name(path) for path, _ in found]
+        prefixes = _short_names([path for path, _ in found])
         if len(set(prefixes)) != len(prefixes) or "" in prefixes:
             prefixes = [jax.tree_util.keystr(path) for path, _ in found]
         prefixes = [p + "/" for p in prefixes]

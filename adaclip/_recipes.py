@@ -26,6 +26,7 @@ from adaclip._ema_rules import zscore
 from adaclip._window_rules import percentile as percentile_rule
 
 TORCH_EPS = 1e-6  # the epsilon of torch.nn.utils.clip_grad_norm_ and of the originals.
+_F32_MAX = float(jnp.finfo(jnp.float32).max)
 
 
 def _with_eps(rule: ThresholdRule, *, always: bool) -> ThresholdRule:
@@ -66,7 +67,10 @@ def autoclip(
     threshold is the first norm itself. With ``window`` at least the number
     of steps taken, the post-clip norms are the original's step for step;
     the threshold metric on a clipped step is the norm clipped to,
-    $c_t \\lVert g_t\\rVert / (\\lVert g_t\\rVert + 10^{-6})$.
+    $c_t \\lVert g_t\\rVert / (\\lVert g_t\\rVert + 10^{-6})$. Like the
+    original, a step whose norm equals its threshold (always step 0) is
+    scaled by $\\lVert g_t\\rVert / (\\lVert g_t\\rVert + 10^{-6})$ and so
+    counts as clipped in the metrics.
 
     **Differences from AutoClip.** The history is the last ``window`` norms
     (the original keeps every norm, with memory and per-step cost growing
@@ -215,7 +219,10 @@ def _adagc_rule(ratio: Any, beta: Any, warmup_steps: Any, warmup_max_norm: Any) 
 
         # Warm-up: global clipping; gamma is the running minimum of each
         # leaf's post-clip norm.
-        global_norm = jnp.sqrt(jnp.sum(jnp.square(s)))
+        # The global norm from the leaf norms, scaled so it cannot overflow.
+        top = jnp.max(s, initial=0.0)
+        unit = jnp.where(top > 0, top, 1.0)
+        global_norm = unit * jnp.sqrt(jnp.sum(jnp.square(s / unit)))
         coef = jnp.minimum(1.0, as_f32(warmup_max_norm) / (global_norm + TORCH_EPS))
         w_post = s * coef
         w_threshold = jnp.where(coef < 1.0, w_post, s)
@@ -223,7 +230,7 @@ def _adagc_rule(ratio: Any, beta: Any, warmup_steps: Any, warmup_max_norm: Any) 
 
         # After warm-up: per-leaf clipping at ratio * gamma, gamma fed the
         # clipped norm. (With warmup_steps=0 the first step only sets gamma.)
-        bound = r * state.gamma
+        bound = jnp.minimum(r * state.gamma, _F32_MAX)
         spike = (s > bound) & ~first
         a_threshold = jnp.where(spike, bound * (s / (s + TORCH_EPS)), jnp.maximum(bound, s))
         a_gamma = jnp.where(first, s, b * state.gamma + (1.0 - b) * jnp.minimum(s, bound))

@@ -59,8 +59,8 @@ def check_real(
     x = _concrete_scalar(name, value, "a real number")
     if x is None:
         return
-    lo = "(" if low_open else "["
-    hi = ")" if high_open else "]"
+    lo = "(" if low_open or low is None else "["
+    hi = ")" if high_open or high is None else "]"
     lo_txt = "-inf" if low is None else f"{low:g}"
     hi_txt = "inf" if high is None else f"{high:g}"
     interval = f"{lo}{lo_txt}, {hi_txt}{hi}"

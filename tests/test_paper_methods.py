@@ -340,26 +340,33 @@ def test_adagc_nonfinite_leaf_skips_the_step(bad):
     assert _all_finite(metrics["threshold"]) and _all_finite(states)
 
 
-@pytest.mark.parametrize(
-    "rule",
-    [
-        lambda: adaclip.percentile(10.0, 8),
-        lambda: adaclip.zscore(0.9, 2.0, 3),
-        lambda: adaclip.quantile(0.5),
-        lambda: adaclip.clamp(adaclip.zscore(0.9, 2.0, 3), 0.1, 10.0),
-        lambda: adaclip.warmup(adaclip.quantile(0.9), 3, during=adaclip.percentile(50.0, 4)),
-    ],
-    ids=["percentile", "zscore", "quantile", "clamp", "warmup"],
-)
-def test_rules_stay_finite_on_extreme_statistics(rule):
+EXTREME = {
+    "percentile": lambda: adaclip.clip_by_global_norm(adaclip.percentile(10.0, 8)),
+    "zscore": lambda: adaclip.clip_by_global_norm(adaclip.zscore(0.9, 2.0, 3, clip_factor=10.0)),
+    "zscore-percentile": lambda: adaclip.clip_by_leaf_norm(
+        adaclip.zscore(0.9, 50.0, 3, mode="percentile")
+    ),
+    "quantile": lambda: adaclip.clip_by_leaf_norm(adaclip.quantile(0.5)),
+    "clamp": lambda: adaclip.clip_by_global_norm(
+        adaclip.clamp(adaclip.zscore(0.9, 2.0, 3), 0.1, 10.0)
+    ),
+    "warmup": lambda: adaclip.clip_by_value(
+        adaclip.warmup(adaclip.quantile(0.9), 3, during=adaclip.percentile(50.0, 4))
+    ),
+    "autoclip": lambda: adaclip.autoclip(50.0, 8),
+    "zclip": lambda: adaclip.zclip(0.9, 2.0, 3, max_norm=None, clip_factor=10.0),
+    "adagc": lambda: adaclip.adagc(ratio=10.0, warmup_steps=3),
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXTREME))
+def test_state_and_threshold_stay_finite_on_extreme_statistics(name):
     stats = np.array(
         [0.0, 0.0, 0.0, 1.0, np.nan, 3e38, np.inf, 0.0, 1e-30, 2e38, 5.0, -np.inf, 1.0] * 3,
         np.float32,
     )
-    rule = rule()
-    tx = adaclip.clip_by_global_norm(rule)
-    grads = {"w": jnp.asarray(stats)[:, None]}
-    _, metrics, states = _run(tx, grads)
+    grads = {"a": jnp.asarray(stats)[:, None], "b": jnp.asarray(stats[::-1].copy())[:, None]}
+    _, metrics, states = _run(EXTREME[name](), grads)
     assert _all_finite(metrics["threshold"]) and _all_finite(states)
 
 
@@ -443,3 +450,53 @@ BAD_ARGUMENTS = [
 def test_bad_arguments_fail_at_construction(make, error, name):
     with pytest.raises(error, match=name):
         make()
+
+
+def test_rules_vmap_over_hyperparameters():
+    stats = jnp.asarray(_sequence(31)[:60])
+
+    def thresholds(make, value):
+        rule = make(value)
+        state = rule.init(jnp.zeros(()))
+        return jax.lax.scan(lambda s, x: rule.update(x, s)[::-1], state, stats)[1]
+
+    for make, values in [
+        (lambda p: adaclip.percentile(p, 16), [10.0, 50.0, 90.0]),
+        (lambda z: adaclip.zscore(0.9, z, 5), [1.0, 2.5]),
+        (lambda lr: adaclip.quantile(0.5, learning_rate=lr), [0.05, 0.5]),
+    ]:
+        batched = jax.jit(jax.vmap(lambda v, make=make: thresholds(make, v)))(jnp.asarray(values))
+        for i, v in enumerate(values):
+            np.testing.assert_allclose(batched[i], thresholds(make, v), rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda **kw: adaclip.autoclip(10.0, 16, **kw),
+        lambda **kw: adaclip.zclip(warmup_steps=3, max_norm=None, **kw),
+        lambda **kw: adaclip.adagc(warmup_steps=3, **kw),
+    ],
+    ids=["autoclip", "zclip", "adagc"],
+)
+def test_recipes_with_axis_name_see_the_global_norm(make):
+    # Two "devices" (a vmapped axis) each hold half of every leaf.
+    norms = _leaf_sequence(13)[:12]
+    grads = {
+        "a": jnp.asarray(norms[:, :1] * np.ones((1, 4)) / 2.0, jnp.float32),
+        "b": jnp.asarray(norms[:, 1:2] * np.ones((1, 4)) / 2.0, jnp.float32),
+    }
+    sharded = jax.tree.map(lambda g: g.reshape(g.shape[0], 2, 2), grads)
+    tx, tx_sharded = make(), make(axis_name="dev")
+    state = tx.init(jax.tree.map(lambda g: g[0], grads))
+    sharded_state = jax.vmap(tx_sharded.init)(jax.tree.map(lambda g: g[0], sharded))
+    update = jax.jit(jax.vmap(tx_sharded.update, axis_name="dev"))
+    plain = jax.jit(tx.update)
+    for t in range(12):
+        expected, state = plain(jax.tree.map(lambda g, t=t: g[t], grads), state)
+        got, sharded_state = update(jax.tree.map(lambda g, t=t: g[t], sharded), sharded_state)
+        jax.tree.map(
+            lambda e, g: np.testing.assert_allclose(np.asarray(g).reshape(-1), e, rtol=1e-5),
+            expected,
+            got,
+        )

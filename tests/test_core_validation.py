@@ -1,0 +1,112 @@
+"""Bad constructor arguments fail at construction, naming the argument and value."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import adaclip
+
+BAD = [
+    # (factory, kwargs, exception, argument name that must appear)
+    (adaclip.fixed, {"value": -1.0}, ValueError, "value"),
+    (adaclip.fixed, {"value": float("nan")}, ValueError, "value"),
+    (adaclip.fixed, {"value": float("inf")}, ValueError, "value"),
+    (adaclip.fixed, {"value": "1.0"}, TypeError, "value"),
+    (adaclip.fixed, {"value": None}, TypeError, "value"),
+    (adaclip.fixed, {"value": True}, TypeError, "value"),
+    (adaclip.fixed, {"value": np.ones(3)}, TypeError, "value"),
+    (adaclip.scheduled, {"schedule": 1.0}, TypeError, "schedule"),
+    (adaclip.decaying, {"init_value": -1.0, "decay_rate": 0.5}, ValueError, "init_value"),
+    (adaclip.decaying, {"init_value": 1.0, "decay_rate": 0.0}, ValueError, "decay_rate"),
+    (adaclip.decaying, {"init_value": 1.0, "decay_rate": 1.5}, ValueError, "decay_rate"),
+    (adaclip.decaying, {"init_value": 1.0, "decay_rate": "fast"}, TypeError, "decay_rate"),
+    (
+        adaclip.decaying,
+        {"init_value": 1.0, "decay_rate": 0.5, "transition_steps": 0},
+        ValueError,
+        "transition_steps",
+    ),
+    (
+        adaclip.decaying,
+        {"init_value": 1.0, "decay_rate": 0.5, "floor": -0.1},
+        ValueError,
+        "floor",
+    ),
+    (adaclip.moving_average, {"multiplier": 0.0, "window": 3}, ValueError, "multiplier"),
+    (adaclip.moving_average, {"multiplier": -2.0, "window": 3}, ValueError, "multiplier"),
+    (adaclip.moving_average, {"multiplier": 2.0, "window": 0}, ValueError, "window"),
+    (adaclip.moving_average, {"multiplier": 2.0, "window": 2.5}, TypeError, "window"),
+    (adaclip.moving_average, {"multiplier": 2.0, "window": 3.0}, TypeError, "window"),
+    (adaclip.moving_average, {"multiplier": 2.0, "window": "10"}, TypeError, "window"),
+    (adaclip.moving_average, {"multiplier": 2.0, "window": 3, "feed": "x"}, ValueError, "feed"),
+    (adaclip.ema, {"multiplier": 0.0, "decay": 0.9}, ValueError, "multiplier"),
+    (adaclip.ema, {"multiplier": 2.0, "decay": 1.0}, ValueError, "decay"),
+    (adaclip.ema, {"multiplier": 2.0, "decay": -0.1}, ValueError, "decay"),
+    (adaclip.ema, {"multiplier": 2.0, "decay": 0.9, "warmup_steps": -1}, ValueError, "warmup"),
+    (adaclip.ema, {"multiplier": 2.0, "decay": 0.9, "warmup_steps": 1.5}, TypeError, "warmup"),
+    (adaclip.ema, {"multiplier": 2.0, "decay": 0.9, "feed": "both"}, ValueError, "feed"),
+    (adaclip.ema, {"multiplier": 2.0, "decay": 0.9, "feed": None}, ValueError, "feed"),
+    (adaclip.clip_by_global_norm, {"threshold": -1.0}, ValueError, "threshold"),
+    (adaclip.clip_by_global_norm, {"threshold": "big"}, TypeError, "threshold"),
+    (adaclip.clip_by_global_norm, {"threshold": None}, TypeError, "threshold"),
+    (adaclip.clip_by_global_norm, {"threshold": 1.0, "nonfinite": "zero"}, ValueError, "nonfinite"),
+    (adaclip.clip_by_leaf_norm, {"threshold": float("nan")}, ValueError, "threshold"),
+    (adaclip.clip_by_leaf_norm, {"threshold": 1.0, "nonfinite": None}, ValueError, "nonfinite"),
+    (adaclip.clip_by_value, {"threshold": -0.5}, ValueError, "threshold"),
+    (adaclip.clip_by_value, {"threshold": [1.0]}, TypeError, "threshold"),
+]
+
+
+@pytest.mark.parametrize("factory, kwargs, exc, name", BAD, ids=[str(i) for i in range(len(BAD))])
+def test_bad_argument_raises_with_name_and_value(factory, kwargs, exc, name):
+    with pytest.raises(exc) as info:
+        factory(**kwargs)
+    message = str(info.value)
+    assert name in message
+    bad_value = [v for k, v in kwargs.items() if k.startswith(name) or name in k]
+    if bad_value and not isinstance(bad_value[0], np.ndarray):
+        assert repr(bad_value[0]) in message or str(bad_value[0]) in message
+
+
+@pytest.mark.parametrize(
+    "factory, kwargs",
+    [
+        (adaclip.fixed, {"value": 0.0}),
+        (adaclip.fixed, {"value": np.float32(2.0)}),
+        (adaclip.fixed, {"value": jnp.asarray(2.0)}),
+        (adaclip.decaying, {"init_value": 1.0, "decay_rate": 1.0}),
+        (adaclip.ema, {"multiplier": 2.0, "decay": 0.0}),
+        (adaclip.ema, {"multiplier": 2, "decay": 0.9, "warmup_steps": np.int64(3)}),
+        (adaclip.moving_average, {"multiplier": 1.0, "window": np.int32(1)}),
+    ],
+)
+def test_edge_values_accepted(factory, kwargs):
+    factory(**kwargs)
+
+
+def test_traced_hyperparameters_pass_validation():
+    """Validation checks concrete values only, so rules build under jit/vmap."""
+
+    def threshold_after(multiplier, decay, warmup):
+        rule = adaclip.ema(multiplier, decay, warmup_steps=warmup, feed="raw")
+        state = rule.init(jnp.zeros(()))
+        for s in (1.0, 2.0, 3.0):
+            c, state = rule.update(jnp.float32(s), state)
+        return c
+
+    out = jax.jit(jax.vmap(threshold_after, in_axes=(0, None, None)))(jnp.array([1.0, 2.0]), 0.5, 0)
+    # EMA after 1, 2 with decay .5, bias-corrected: (0.25*1 + 0.5*2) / 0.75.
+    np.testing.assert_allclose(out, np.array([1.0, 2.0]) * (1.25 / 0.75), rtol=1e-6)
+
+
+def test_window_must_be_static():
+    with pytest.raises(TypeError, match="window"):
+        jax.jit(lambda w: adaclip.moving_average(2.0, w).init(jnp.zeros(())))(3)
+
+
+def test_schedule_is_accepted_as_threshold():
+    tx = adaclip.clip_by_global_norm(optax.constant_schedule(0.5))
+    out, _ = tx.update(jnp.array([3.0, 4.0]), tx.init(jnp.zeros(2)))
+    np.testing.assert_allclose(out, [0.3, 0.4], rtol=1e-6)

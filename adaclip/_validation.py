@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 
@@ -36,7 +37,8 @@ def _concrete_scalar(name: str, value: Any, kind: str) -> float | None:
         return float(value)
     if isinstance(value, np.ndarray | jax.Array | np.generic):
         arr = np.asarray(value)
-        if arr.size != 1 or arr.dtype.kind not in "iuf":
+        real = jnp.issubdtype(arr.dtype, jnp.integer) or jnp.issubdtype(arr.dtype, jnp.floating)
+        if arr.size != 1 or not real:
             raise TypeError(f"{name} must be {kind}, got {value!r}.")
         return float(arr.reshape(()))
     raise TypeError(f"{name} must be {kind}, got {value!r}.")

@@ -1,0 +1,245 @@
+"""The adaclip command line, in-process and as `python -m adaclip`."""
+
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import adaclip
+from adaclip import _cli
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def norms_csv(tmp_path):
+    rng = np.random.default_rng(0)
+    norms = np.exp(rng.normal(0, 0.3, size=300))
+    norms[150:] *= 5
+    norms[20] = np.nan
+    path = tmp_path / "norms.csv"
+    lines = ["step,loss,train/grad_norm,other_norm"]
+    lines += [f"{i},{1.0 / (i + 1)},{n if np.isfinite(n) else ''},1.0" for i, n in enumerate(norms)]
+    path.write_text("\n".join(lines) + "\n")
+    return path, norms.astype(np.float32)
+
+
+def _run(capsys, *argv):
+    code = _cli.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_replay_prints_a_table_matching_replay_and_writes_a_plot(norms_csv, tmp_path, capsys):
+    path, norms = norms_csv
+    plot = tmp_path / "out.png"
+    code, out, err = _run(
+        capsys,
+        "replay",
+        path,
+        "--rule",
+        "ema(multiplier=2.0, decay=0.99)",
+        "--rule",
+        "autoclip",
+        "--rule",
+        "clamp(ema(2.0, 0.9), lower=0.5)",
+        "--plot",
+        plot,
+        "--shift-at",
+        150,
+    )
+    assert code == 0, err
+    assert "'train/grad_norm', 300 steps (1 non-finite)" in out
+    rows = {line.split()[0]: line for line in out.splitlines()[2:-1]}
+    assert out.splitlines()[-1] == f"wrote {plot}"
+    assert set(rows) == {"ema(multiplier=2.0,", "autoclip", "clamp(ema(2.0,"}
+    expected = adaclip.summarize(adaclip.replay(adaclip.ema(2.0, 0.99), norms), shift_at=150)
+    assert f"{expected['clip_rate']:.4g}" in rows["ema(multiplier=2.0,"]
+    # "autoclip" replays exactly what the adaclip.autoclip recipe does in training.
+    tx = adaclip.autoclip()
+    state = tx.init(jnp.zeros(2))
+    update = jax.jit(tx.update)
+    for n in norms:
+        _, state = update(jnp.array([n, 0.0]), state)
+    assert f"{float(adaclip.metrics(state)['clip_rate']):.4g}" in rows["autoclip"]
+    assert plot.stat().st_size > 10_000
+    assert plot.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_replay_npy_per_leaf_and_column(tmp_path, capsys):
+    norms = np.abs(np.random.default_rng(1).normal(size=(50, 3))).astype(np.float32) + 0.5
+    path = tmp_path / "leaf.npy"
+    np.save(path, norms)
+    code, out, err = _run(capsys, "replay", path, "--rule", "adagc(warmup_steps=5)")
+    assert code == 0, err
+    assert "50 steps, 3 leaves" in out
+
+
+def test_replay_reads_a_recorder_csv(tmp_path, capsys):
+    recorder = adaclip.Recorder()
+    for n in [1.0, 2.0, 9.0, 1.0]:
+        recorder.record({"norm": n, "threshold": 0.0}, loss=n)
+    path = recorder.save(tmp_path / "rec.csv")
+    code, out, _ = _run(capsys, "replay", path, "--rule", "fixed(1.5)", "--column", "loss")
+    assert code == 0 and "column 'loss', 4 steps" in out
+    assert " 0.5 " in out  # two of four steps above 1.5
+
+
+def test_sweep_table_and_outputs(norms_csv, tmp_path, capsys):
+    path, norms = norms_csv
+    out_csv, plot = tmp_path / "table.csv", tmp_path / "sweep.png"
+    code, out, err = _run(
+        capsys,
+        "sweep",
+        path,
+        "--rule",
+        "ema(decay=0.99)",
+        "--grid",
+        "multiplier=1.5,2,3",
+        "--grid",
+        "decay=geomspace(0.9, 0.99, 2)",
+        "--sort",
+        "clip_rate",
+        "--out",
+        out_csv,
+        "--plot",
+        plot,
+    )
+    assert code == 0, err
+    assert "6 configurations" in out
+    table = adaclip.load_record(out_csv)
+    assert list(table)[:3] == ["multiplier", "decay", "clip_rate"]
+    assert np.all(np.diff(table["clip_rate"]) >= 0)
+    for m, d, rate in zip(table["multiplier"], table["decay"], table["clip_rate"], strict=True):
+        ref = adaclip.summarize(adaclip.replay(adaclip.ema(float(m), float(d)), norms))
+        assert rate == pytest.approx(ref["clip_rate"], abs=1e-6)
+    assert plot.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_sweep_window_is_static(norms_csv, capsys):
+    path, _ = norms_csv
+    code, out, err = _run(
+        capsys,
+        "sweep",
+        path,
+        "--rule",
+        "percentile",
+        "--grid",
+        "p=[10, 50]",
+        "--grid",
+        "window=[10, 100]",
+        "--shift-at",
+        "150",
+    )
+    assert code == 0, err
+    assert "steps_to_adapt" in out and "4 configurations" in out
+
+
+def test_rules_lists_the_registry(capsys):
+    code, out, _ = _run(capsys, "rules")
+    assert code == 0
+    for name in ("ema", "autoclip", "zclip", "adagc", "percentile", "clamp"):
+        assert name in out
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["replay", "{missing}"], "no such file"),
+        (["replay", "{csv}", "--column", "nope"], "no column 'nope'"),
+        (["replay", "{csv}", "--column", "loss", "--rule", "magic(1)"], "unknown rule 'magic'"),
+        (["replay", "{csv}", "--rule", "ema(multiplier=-1.0, decay=0.9)"], "multiplier"),
+        (["replay", "{csv}", "--rule", "ema(2.0)"], "missing 1 required"),
+        (["replay", "{csv}", "--rule", "ema(__import__('os'), 0.9)"], "unknown rule '__import__'"),
+        (["replay", "{csv}", "--rule", "ema(os.sep, 0.9)"], "literals"),
+        (["replay", "{csv}", "--rule", "ema(2.0,"], "bad rule"),
+        (["replay", "{csv}", "--rule", "ema.x(1)"], "bad rule"),
+        (["replay", "{csv}", "--rule", "percentile(10, window=1.5)"], "window"),
+        (["replay", "{csv}", "--shift-at", "5000"], "--shift-at"),
+        (["replay", "{nonorm}"], "no column name contains 'norm'"),
+        (["replay", "{empty}"], "empty"),
+        (["replay", "{ragged}"], "line 3"),
+        (["replay", "{text}", "--column", "name_norm"], "not numeric"),
+        (["replay", "{objnpy}"], "cannot read"),
+        (["replay", "{csv}", "--plot", "{tmp}/no/such/dir/x.png"], "cannot write the plot"),
+        (["sweep", "{csv}", "--rule", "ema(decay=0.9)"], "--grid"),
+        (["sweep", "{csv}", "--rule", "ema(decay=0.9)", "--grid", "multiplier"], "bad grid"),
+        (["sweep", "{csv}", "--rule", "ema(decay=0.9)", "--grid", "multiplier=os.x"], "bad grid"),
+        (["sweep", "{csv}", "--rule", "ema(decay=0.9)", "--grid", "multiplier=[-1]"], "multiplier"),
+        (["sweep", "{csv}", "--rule", "ema(decay=0.9)", "--grid", "x=[1]"], "unexpected keyword"),
+        (
+            [
+                "sweep",
+                "{csv}",
+                "--rule",
+                "ema(decay=0.9)",
+                "--grid",
+                "multiplier=[2]",
+                "--sort",
+                "q",
+            ],
+            "--sort",
+        ),
+    ],
+)
+def test_errors_are_one_line_and_nonzero(argv, message, norms_csv, tmp_path, capsys):
+    path, _ = norms_csv
+    (tmp_path / "nonorm.csv").write_text("a,b\n1,2\n")
+    (tmp_path / "empty.csv").write_text("")
+    (tmp_path / "ragged.csv").write_text("norm,b\n1,2\n3\n")
+    (tmp_path / "text.csv").write_text("name_norm\nabc\n")
+    np.save(tmp_path / "obj.npy", np.array([None, 1], dtype=object), allow_pickle=True)
+    names = {
+        "missing": tmp_path / "missing.csv",
+        "csv": path,
+        "nonorm": tmp_path / "nonorm.csv",
+        "empty": tmp_path / "empty.csv",
+        "ragged": tmp_path / "ragged.csv",
+        "text": tmp_path / "text.csv",
+        "objnpy": tmp_path / "obj.npy",
+        "tmp": tmp_path,
+    }
+    code, out, err = _run(capsys, *[a.format(**names) for a in argv])
+    assert code == 1
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("adaclip: error:") and message in lines[0], lines[0]
+    assert "Traceback" not in err
+
+
+def test_python_dash_m(norms_csv):
+    path, _ = norms_csv
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
+    ok = subprocess.run(
+        [sys.executable, "-m", "adaclip", "replay", str(path), "--rule", "ema(2.0, 0.9)"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert "ema(2.0, 0.9)" in ok.stdout
+    bad = subprocess.run(
+        [sys.executable, "-m", "adaclip", "replay", str(path), "--rule", "nope"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert bad.returncode == 1
+    assert bad.stderr.strip().startswith("adaclip: error: unknown rule 'nope'")
+    assert "Traceback" not in bad.stderr
+
+
+def test_usage_errors_are_one_line(norms_csv, capsys):
+    path, _ = norms_csv
+    with pytest.raises(SystemExit) as exit_info:
+        _cli.main(["replay", str(path), "--bogus"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("adaclip: error: unrecognized arguments")

@@ -30,6 +30,8 @@ from adaclip._schedule_rules import ScheduleState as ScheduleState
 from adaclip._schedule_rules import decaying as decaying
 from adaclip._schedule_rules import fixed as fixed
 from adaclip._schedule_rules import scheduled as scheduled
+from adaclip._skip import SkipState as SkipState
+from adaclip._skip import skip_bad_steps as skip_bad_steps
 from adaclip._tuning import Recorder as Recorder
 from adaclip._tuning import format_table as format_table
 from adaclip._tuning import load_record as load_record
@@ -55,6 +57,7 @@ __all__ = [
     "QuantileState",
     "Recorder",
     "ScheduleState",
+    "SkipState",
     "ThresholdRule",
     "Trace",
     "WindowState",
@@ -80,6 +83,7 @@ __all__ = [
     "quantile",
     "replay",
     "scheduled",
+    "skip_bad_steps",
     "suggest_fixed",
     "suggest_for_clip_rate",
     "summarize",

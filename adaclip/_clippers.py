@@ -69,7 +69,12 @@ def _make_clipper(
     def update_fn(updates, state, params=None, **extra_args):
         del params, extra_args
         leaves, treedef = jax.tree.flatten(updates)
-        stat = statistic_fn(leaves, axis_name)
+        # Integer, bool and float0 leaves carry no gradient: they count as a
+        # zero statistic and pass through untouched.
+        is_float = [_is_float(g) for g in leaves]
+        zero = jnp.zeros([], jnp.float32)
+        stat_leaves = [g if f else zero for g, f in zip(leaves, is_float, strict=True)]
+        stat = statistic_fn(stat_leaves, axis_name)
         threshold, rule_state, finite = step_rule(rule, stat, state.rule_state)
         threshold = jnp.where(finite, threshold, state.threshold)
         clipped = finite & (stat > threshold)
@@ -79,9 +84,15 @@ def _make_clipper(
         keep = jnp.asarray(True) if nonfinite == "propagate" else finite
         bound = jnp.where(finite, threshold, jnp.inf)
         if per_leaf:
-            new_leaves = [apply_fn(g, stat[i], bound[i], keep) for i, g in enumerate(leaves)]
+            new_leaves = [
+                apply_fn(g, stat[i], bound[i], keep) if f else g
+                for i, (g, f) in enumerate(zip(leaves, is_float, strict=True))
+            ]
         else:
-            new_leaves = [apply_fn(g, stat, bound, keep) for g in leaves]
+            new_leaves = [
+                apply_fn(g, stat, bound, keep) if f else g
+                for g, f in zip(leaves, is_float, strict=True)
+            ]
 
         finite_steps = (state.count - state.nonfinite_count + 1).astype(jnp.float32)
         clip_rate = state.clip_rate + (clipped.astype(jnp.float32) - state.clip_rate) / finite_steps
@@ -97,6 +108,11 @@ def _make_clipper(
         return jax.tree.unflatten(treedef, new_leaves), new_state
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _is_float(g: Any) -> bool:
+    dtype = getattr(g, "dtype", None)
+    return dtype is not None and jnp.issubdtype(dtype, jnp.floating)
 
 
 def _scale_leaf(g: jax.Array, norm: jax.Array, threshold: jax.Array, keep: jax.Array) -> jax.Array:

@@ -35,9 +35,16 @@ def _sumsq(x: jax.Array) -> jax.Array:
 
 
 def _maxabs(x: jax.Array) -> jax.Array:
+    """``max |x|``; a NaN element gives ``inf``.
+
+    Cross-device max reductions (a sharded ``jnp.max``, ``lax.pmax``) may drop
+    NaN on some backends (XLA:CPU does), so NaN is mapped to ``inf`` before
+    reducing: the statistic is then non-finite on every device, as it must be.
+    """
     if x.size == 0:
         return jnp.zeros([], F32)
-    return jnp.max(jnp.abs(x.astype(F32)))
+    a = jnp.abs(x.astype(F32))
+    return jnp.max(jnp.where(jnp.isnan(a), jnp.inf, a))
 
 
 # The overflow fallback's scale: 2**-80 and back, both exact in float32.
@@ -104,8 +111,7 @@ def leaf_norms(leaves: Sequence[jax.Array], axis_name=None) -> jax.Array:
 
 
 def global_max_abs(leaves: Sequence[jax.Array], axis_name=None) -> jax.Array:
-    """``max |x|`` over all leaves, float32; NaN if any element is NaN."""
+    """``max |x|`` over all leaves, float32; ``inf`` if any element is NaN or infinite."""
     leaves = list(leaves)
     m = _max_all(_maxabs(x) for x in leaves)
-    # jnp.maximum propagates NaN, so one NaN leaf makes the statistic NaN.
     return _pmax(m, axis_name)

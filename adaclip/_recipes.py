@@ -103,6 +103,7 @@ def autoclip(
         clipping for source separation networks*, MLSP 2020.
         [arXiv:2007.14469](https://arxiv.org/abs/2007.14469)
     """
+    _validation.check_real("percentile", percentile, low=0.0, high=100.0)
     rule = _with_eps(percentile_rule(percentile, window), always=True)
     return clip_by_global_norm(rule, nonfinite=nonfinite, axis_name=axis_name)
 

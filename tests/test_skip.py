@@ -1,0 +1,229 @@
+"""adaclip.skip_bad_steps: a skipped step leaves the inner optimizer untouched."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import adaclip
+
+
+def _params():
+    return {"w": jnp.ones((3,), jnp.float32), "b": jnp.zeros((2,), jnp.float32)}
+
+
+def _grads(step, scale=1.0):
+    rng = np.random.default_rng(step)
+    return {
+        "w": (scale * rng.standard_normal(3)).astype(np.float32),
+        "b": (scale * rng.standard_normal(2)).astype(np.float32),
+    }
+
+
+def _nan_grads(step):
+    g = _grads(step)
+    g["w"][1] = np.nan
+    return g
+
+
+def _equal(a, b):
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def _adam_state(skip_state):
+    return skip_state.inner_state[1][0]  # chain(clip, adam): adam's ScaleByAdamState
+
+
+@pytest.mark.parametrize("nonfinite", ["skip", "propagate"])
+def test_nonfinite_step_leaves_adam_moments_and_count_unchanged(nonfinite):
+    """On a NaN step Adam's mu, nu and count are bit-identical to before, the
+    update is zero, and the run continues exactly as if the step had been
+    removed from the sequence (checked against plain optax on the filtered
+    sequence), with either clipper ``nonfinite`` mode."""
+    clip = adaclip.clip_by_global_norm(adaclip.ema(2.0, 0.9), nonfinite=nonfinite)
+    tx = adaclip.skip_bad_steps(optax.chain(clip, optax.adam(0.1)))
+    params = _params()
+    state = tx.init(params)
+    update = jax.jit(tx.update)
+    seq = [_grads(0), _grads(1), _nan_grads(2), _grads(3), _nan_grads(4), _grads(5)]
+    updates = []
+    for g in seq:
+        before = _adam_state(state)
+        u, state = update(g, state, params)
+        updates.append(u)
+        if np.isnan(g["w"]).any():
+            _equal(_adam_state(state), before)
+            assert bool(state.skipped)
+            assert all(not np.any(np.asarray(x)) for x in jax.tree.leaves(u))
+        else:
+            assert not bool(state.skipped)
+    assert int(_adam_state(state).count) == 4
+    assert int(state.skip_count) == int(state.nonfinite_skip_count) == 2
+    assert int(adaclip.metrics(state)["nonfinite_count"]) == 2
+
+    # Reference: the same chain without the wrapper, on the finite steps only.
+    ref = optax.chain(adaclip.clip_by_global_norm(adaclip.ema(2.0, 0.9)), optax.adam(0.1))
+    ref_state = ref.init(params)
+    finite_updates = [u for u, g in zip(updates, seq, strict=True) if not np.isnan(g["w"]).any()]
+    for g, u in zip([seq[i] for i in (0, 1, 3, 5)], finite_updates, strict=True):
+        ref_u, ref_state = ref.update(g, ref_state, params)
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), u, ref_u)
+    close = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6)  # noqa: E731
+    jax.tree.map(close, _adam_state(state), ref_state[1][0])
+    jax.tree.map(close, state.inner_state[0].rule_state, ref_state[0].rule_state)
+
+
+def test_spike_beyond_factor_is_skipped_and_clip_records_it():
+    """With a fixed threshold 1 and spike_factor 3: a norm of 5 is skipped
+    (Adam untouched, zero update), a norm of 2 is clipped and applied; the
+    clip state records both steps (norm metric, clip_rate)."""
+    tx = adaclip.skip_bad_steps(
+        optax.chain(adaclip.clip_by_global_norm(1.0), optax.adam(0.1)), spike_factor=3.0
+    )
+    params = {"w": jnp.zeros(2)}
+    state = tx.init(params)
+    u, state = tx.update({"w": jnp.array([1.2, 1.6])}, state, params)  # norm 2
+    assert not bool(state.skipped)
+    np.testing.assert_allclose(u["w"], -0.1 * np.sign([1.2, 1.6]), rtol=1e-5)
+    before = _adam_state(state)
+    u, state = tx.update({"w": jnp.array([3.0, 4.0])}, state, params)  # norm 5
+    assert bool(state.skipped) and int(state.skip_count) == 1
+    assert int(state.nonfinite_skip_count) == 0
+    _equal(_adam_state(state), before)
+    np.testing.assert_array_equal(u["w"], 0.0)
+    m = adaclip.metrics(state)
+    assert float(m["norm"]) == 5.0 and float(m["clip_rate"]) == 1.0
+
+
+def test_spike_in_any_leaf_skips_per_leaf_clipping():
+    """Per-leaf clipping: one leaf beyond spike_factor x its threshold skips
+    the whole step."""
+    tx = adaclip.skip_bad_steps(
+        optax.chain(adaclip.clip_by_leaf_norm(1.0), optax.sgd(1.0)), spike_factor=2.0
+    )
+    g = {"a": jnp.array([0.1]), "b": jnp.array([2.5])}
+    u, state = tx.update(g, tx.init(g), g)
+    assert bool(state.skipped)
+    g = {"a": jnp.array([0.1]), "b": jnp.array([1.5])}
+    u, state = tx.update(g, state, g)
+    assert not bool(state.skipped)
+    np.testing.assert_allclose(u["b"], [-1.0], rtol=1e-6)
+
+
+def test_adaptive_rule_follows_a_level_shift_instead_of_skipping_forever():
+    """The rule inside sees skipped spikes as usual (a raw-fed EMA), so after
+    a permanent 10x jump in the norm the skipping stops by itself."""
+    rule = adaclip.ema(2.0, 0.5, feed="raw")
+    tx = adaclip.skip_bad_steps(
+        optax.chain(adaclip.clip_by_global_norm(rule), optax.sgd(0.1)), spike_factor=1.5
+    )
+    params = {"w": jnp.zeros(1)}
+    state = tx.init(params)
+    update = jax.jit(tx.update)
+    skipped = []
+    for step in range(30):
+        level = 1.0 if step < 10 else 10.0
+        _, state = update({"w": jnp.array([level])}, state, params)
+        skipped.append(bool(state.skipped))
+    assert skipped[10]  # the jump is a spike
+    assert not any(skipped[15:])  # and is the new normal a few steps later
+
+
+def test_any_clipper_in_a_partition_triggers_the_skip():
+    """Two clippers under optax.partition: a NaN in one group skips the whole
+    step; both groups' SGD/Adam states stay as they were."""
+    inner = optax.partition(
+        {
+            "x": optax.chain(adaclip.clip_by_global_norm(1.0), optax.adam(0.1)),
+            "y": optax.chain(adaclip.clip_by_value(1.0), optax.adam(0.1)),
+        },
+        {"w": "x", "b": "y"},
+    )
+    tx = adaclip.skip_bad_steps(inner)
+    params = _params()
+    state = tx.init(params)
+    _, state = tx.update(_grads(0), state, params)
+    before = state.inner_state
+    g = _grads(1)
+    g["b"][0] = np.inf
+    u, state = jax.jit(tx.update)(g, state, params)
+    assert bool(state.skipped)
+    adam = lambda s, k: s.inner_states[k].inner_state[1][0]  # noqa: E731
+    for k in ("x", "y"):
+        _equal(adam(state.inner_state, k), adam(before, k))
+    names = set(adaclip.metrics(state))
+    assert any(n.startswith("x/") for n in names) and any(n.startswith("y/") for n in names)
+
+
+def test_multisteps_outside_skip_resets_the_accumulator():
+    """optax.MultiSteps(skip_bad_steps(...)): a real step whose accumulated
+    gradient is a spike is skipped (Adam untouched), the accumulator still
+    resets, and the next real step is applied. MultiSteps inside the wrapper
+    is refused at init (a rolled-back accumulator would skip forever)."""
+    inner = optax.chain(adaclip.clip_by_global_norm(1.0), optax.adam(0.1))
+    tx = optax.MultiSteps(adaclip.skip_bad_steps(inner, spike_factor=5.0), every_k_schedule=2)
+    params = _params()
+    state = tx.init(params)
+    update = jax.jit(tx.update)
+    skipped = []
+    for g in [_grads(0), _grads(1), _grads(2, 50.0), _grads(3), _grads(4), _grads(5)]:
+        _, state = update(g, state, params)
+        skipped.append(bool(state.inner_opt_state.skipped))
+    assert skipped == [False, False, False, True, True, False]  # mini-steps keep the flag
+    assert int(_adam_state(state.inner_opt_state).count) == 2
+    wrong = adaclip.skip_bad_steps(optax.MultiSteps(inner, 2).gradient_transformation())
+    with pytest.raises(ValueError, match="MultiSteps"):
+        wrong.init(params)
+
+
+def test_nan_micro_batch_with_multisteps_skip_not_finite():
+    """A NaN micro-batch poisons optax.MultiSteps' accumulator for good (it
+    resets by multiplying by 0); with should_skip_update_fn=
+    optax.skip_not_finite the micro-batch is dropped, the clip never sees a
+    NaN, and training goes on (documented in docs/robustness.md)."""
+    inner = optax.chain(adaclip.clip_by_global_norm(1.0), optax.adam(0.1))
+    tx = optax.MultiSteps(inner, 2, should_skip_update_fn=optax.skip_not_finite)
+    params = _params()
+    state = tx.init(params)
+    for g in [_grads(0), _nan_grads(1), _grads(2), _grads(3), _grads(4)]:
+        u, state = tx.update(g, state, params)
+    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state))
+    assert int(adaclip.metrics(state)["nonfinite_count"]) == 0
+    assert int(state.inner_opt_state[1][0].count) == 2
+
+
+def test_requires_a_clipper_and_validates_spike_factor():
+    tx = adaclip.skip_bad_steps(optax.adam(0.1))
+    with pytest.raises(ValueError, match="inner must contain an adaclip clipper"):
+        tx.init(_params())
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="spike_factor"):
+            adaclip.skip_bad_steps(adaclip.clip_by_global_norm(1.0), spike_factor=bad)
+    with pytest.raises(TypeError, match="spike_factor"):
+        adaclip.skip_bad_steps(adaclip.clip_by_global_norm(1.0), spike_factor="2")
+    with pytest.raises(TypeError, match="inner"):
+        adaclip.skip_bad_steps(3)
+
+
+def test_state_structure_is_stable_and_metrics_readable():
+    tx = adaclip.skip_bad_steps(
+        optax.chain(adaclip.clip_by_leaf_norm(adaclip.moving_average(2.0, 3)), optax.adam(0.1)),
+        spike_factor=4.0,
+    )
+    params = _params()
+    state = tx.init(params)
+    shapes = jax.tree.map(lambda x: (x.shape, x.dtype), state)
+    for step in range(5):
+        g = _nan_grads(step) if step == 2 else _grads(step, scale=1.0 + 10 * (step == 3))
+        _, state = jax.jit(tx.update)(g, state, params)
+        assert jax.tree.map(lambda x: (x.shape, x.dtype), state) == shapes
+    assert set(adaclip.metrics(state)) == {
+        "norm",
+        "threshold",
+        "clipped",
+        "clip_rate",
+        "nonfinite_count",
+    }

@@ -39,15 +39,18 @@ def _make_clipper(
     nonfinite: str,
     axis_name: Any,
     statistic_fn: Callable[[list[jax.Array], Any], jax.Array],
-    apply_fn: Callable[[jax.Array, jax.Array, jax.Array, jax.Array], jax.Array],
+    factor_fn: Callable[[jax.Array, jax.Array], jax.Array],
+    apply_fn: Callable[[jax.Array, jax.Array, jax.Array], jax.Array],
     per_leaf: bool,
 ) -> optax.GradientTransformationExtraArgs:
     """The machinery shared by all clippers.
 
     ``statistic_fn(leaves, axis_name)`` returns the float32 statistic;
-    ``apply_fn(g, stat, threshold, keep)`` returns the clipped leaf ``g``,
-    given this leaf's entry of the statistic and threshold and whether the
-    step is finite (False zeroes the leaf).
+    ``factor_fn(statistic, bound)`` turns it and the bound into the float32
+    factor the leaves need (a scale, or the clamp bound), on the whole
+    statistic at once; ``apply_fn(g, factor, keep)`` returns the clipped leaf
+    ``g`` from its entry of the factor and whether the step is kept (False
+    zeroes the leaf).
     """
     _validation.check_choice("nonfinite", nonfinite, NONFINITE)
     rule = as_rule(threshold)
@@ -83,16 +86,14 @@ def _make_clipper(
         # ("propagate": an infinite threshold makes the clip the identity).
         keep = jnp.asarray(True) if nonfinite == "propagate" else finite
         bound = jnp.where(finite, threshold, jnp.inf)
-        if per_leaf:
-            new_leaves = [
-                apply_fn(g, stat[i], bound[i], keep) if f else g
-                for i, (g, f) in enumerate(zip(leaves, is_float, strict=True))
-            ]
-        else:
-            new_leaves = [
-                apply_fn(g, stat, bound, keep) if f else g
-                for g, f in zip(leaves, is_float, strict=True)
-            ]
+        # One float32 factor per statistic entry, computed on the whole
+        # vector; each leaf then reads one scalar of it (a single slice per
+        # leaf keeps the compiled program, and its compile time, small).
+        factor = factor_fn(stat, bound)
+        new_leaves = [
+            apply_fn(g, factor[i] if per_leaf else factor, keep) if f else g
+            for i, (g, f) in enumerate(zip(leaves, is_float, strict=True))
+        ]
 
         finite_steps = (state.count - state.nonfinite_count + 1).astype(jnp.float32)
         clip_rate = state.clip_rate + (clipped.astype(jnp.float32) - state.clip_rate) / finite_steps
@@ -115,25 +116,38 @@ def _is_float(g: Any) -> bool:
     return dtype is not None and jnp.issubdtype(dtype, jnp.floating)
 
 
-def _scale_leaf(g: jax.Array, norm: jax.Array, threshold: jax.Array, keep: jax.Array) -> jax.Array:
-    """``g * min(1, threshold / norm)`` with one float32 scalar multiply.
+def _norm_scale(norm: jax.Array, threshold: jax.Array) -> jax.Array:
+    """``min(1, threshold / norm)``, and exactly 0 for a zero threshold.
+
+    The zero case matters when the norm itself underflows to 0 (every element
+    below ~1e-19): ``0 > 0`` is false, but a zero threshold must still zero
+    the gradient.
+    """
+    scale = jnp.where(norm > threshold, threshold / norm, 1.0)
+    return jnp.where(threshold > 0, scale, 0.0)
+
+
+def _scale_leaf(g: jax.Array, scale: jax.Array, keep: jax.Array) -> jax.Array:
+    """``g * scale`` with one float32 scalar multiply.
 
     The scale is a scalar, so XLA fuses the multiply into whatever reads the
     clipped gradient next (Adam's moment updates) instead of writing a new
     gradient tree. ``keep=False`` zeroes the leaf (a skipped step), with a
     select rather than a multiply so NaN elements become 0.
     """
-    scale = jnp.where(norm > threshold, threshold / norm, 1.0)
     out = g.astype(jnp.float32) * scale
     return jnp.where(keep, out, 0.0).astype(g.dtype)
 
 
-def _clamp_leaf(
-    g: jax.Array, max_abs: jax.Array, threshold: jax.Array, keep: jax.Array
-) -> jax.Array:
-    """Element-wise clamp of ``g`` to ``[-threshold, threshold]``."""
+def _value_bound(max_abs: jax.Array, threshold: jax.Array) -> jax.Array:
+    """Value clipping's factor is the bound itself."""
     del max_abs
-    out = jnp.clip(g.astype(jnp.float32), -threshold, threshold)
+    return threshold
+
+
+def _clamp_leaf(g: jax.Array, bound: jax.Array, keep: jax.Array) -> jax.Array:
+    """Element-wise clamp of ``g`` to ``[-bound, bound]``."""
+    out = jnp.clip(g.astype(jnp.float32), -bound, bound)
     return jnp.where(keep, out, 0.0).astype(g.dtype)
 
 
@@ -194,7 +208,9 @@ def clip_by_global_norm(
         5.0
     """
     )
-    return _make_clipper(threshold, nonfinite, axis_name, _numerics.global_norm, _scale_leaf, False)
+    return _make_clipper(
+        threshold, nonfinite, axis_name, _numerics.global_norm, _norm_scale, _scale_leaf, False
+    )
 
 
 def clip_by_leaf_norm(
@@ -235,7 +251,9 @@ def clip_by_leaf_norm(
         (Array([0.6, 0.8], dtype=float32), Array([0.3, 0.4], dtype=float32))
     """
     )
-    return _make_clipper(threshold, nonfinite, axis_name, _numerics.leaf_norms, _scale_leaf, True)
+    return _make_clipper(
+        threshold, nonfinite, axis_name, _numerics.leaf_norms, _norm_scale, _scale_leaf, True
+    )
 
 
 def clip_by_value(
@@ -277,5 +295,5 @@ def clip_by_value(
     """
     )
     return _make_clipper(
-        threshold, nonfinite, axis_name, _numerics.global_max_abs, _clamp_leaf, False
+        threshold, nonfinite, axis_name, _numerics.global_max_abs, _value_bound, _clamp_leaf, False
     )

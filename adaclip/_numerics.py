@@ -35,16 +35,19 @@ def _sumsq(x: jax.Array) -> jax.Array:
 
 
 def _maxabs(x: jax.Array) -> jax.Array:
-    """``max |x|``; a NaN element gives ``inf``.
-
-    Cross-device max reductions (a sharded ``jnp.max``, ``lax.pmax``) may drop
-    NaN on some backends (XLA:CPU does), so NaN is mapped to ``inf`` before
-    reducing: the statistic is then non-finite on every device, as it must be.
-    """
+    """``max |x|`` in float32 (0 for an empty leaf)."""
     if x.size == 0:
         return jnp.zeros([], F32)
-    a = jnp.abs(x.astype(F32))
-    return jnp.max(jnp.where(jnp.isnan(a), jnp.inf, a))
+    return jnp.max(jnp.abs(x)).astype(F32)
+
+
+def _nan_probe(x: jax.Array) -> jax.Array:
+    """A scaled-down ``sum(x)``: NaN exactly when it must be (a NaN element).
+
+    Scaled by ``2**-100`` so that huge finite values cannot overflow the sum
+    into ``inf - inf``.
+    """
+    return jnp.sum(x.astype(F32) * F32(2.0**-100), dtype=F32)
 
 
 # The overflow fallback's scale: 2**-80 and back, both exact in float32.
@@ -111,7 +114,17 @@ def leaf_norms(leaves: Sequence[jax.Array], axis_name=None) -> jax.Array:
 
 
 def global_max_abs(leaves: Sequence[jax.Array], axis_name=None) -> jax.Array:
-    """``max |x|`` over all leaves, float32; ``inf`` if any element is NaN or infinite."""
+    """``max |x|`` over all leaves, float32; non-finite if any element is NaN or infinite.
+
+    Cross-device max reductions (a sharded ``jnp.max``, ``lax.pmax``) may drop
+    NaN on some backends (XLA:CPU does); a sum never does. So a NaN probe (a
+    scaled-down sum) is reduced alongside the max, summed across devices, and
+    a NaN in it makes the statistic NaN everywhere (an infinite element
+    already makes the max infinite). The max and the probe each have their
+    own producer of ``x``, so both fuse into reads of ``x`` and nothing
+    gradient-sized is written out (checked by tests/test_hlo.py).
+    """
     leaves = list(leaves)
-    m = _max_all(_maxabs(x) for x in leaves)
-    return _pmax(m, axis_name)
+    m = _pmax(_max_all(_maxabs(x) for x in leaves), axis_name)
+    probe = _psum(sum((_nan_probe(x) for x in leaves), jnp.zeros([], F32)), axis_name)
+    return m + jnp.where(jnp.isnan(probe), jnp.nan, 0.0)

@@ -27,6 +27,7 @@ import numpy as np
 
 import adaclip
 from adaclip._base import ThresholdRule
+from adaclip._recipes import _adagc_rule, _autoclip_rule, _zclip_rule
 
 
 class CliError(Exception):
@@ -39,46 +40,6 @@ class RuleEntry(NamedTuple):
     factory: Callable[..., ThresholdRule]
     static: tuple[str, ...]  # arguments that fix array shapes (window sizes)
     help: str
-
-
-def _autoclip_rule(percentile: Any = 10.0, window: int = 10_000) -> ThresholdRule:
-    from adaclip._recipes import _with_eps
-
-    return _with_eps(adaclip.percentile(percentile, window), always=True)
-
-
-def _zclip_rule(
-    alpha: Any = 0.97,
-    z_thresh: Any = 2.5,
-    warmup_steps: Any = 25,
-    max_norm: Any = 1.0,
-    mode: str = "zscore",
-    clip_option: str = "adaptive_scaling",
-    clip_factor: Any = 1.0,
-    skip_update_on_spike: bool = False,
-) -> ThresholdRule:
-    from adaclip._recipes import _with_eps
-
-    rule = adaclip.zscore(
-        alpha,
-        z_thresh,
-        warmup_steps,
-        mode=mode,
-        clip_option=clip_option,
-        clip_factor=clip_factor,
-        skip_update_on_spike=skip_update_on_spike,
-    )
-    if max_norm is not None:
-        rule = adaclip.minimum(rule, max_norm)
-    return _with_eps(rule, always=False)
-
-
-def _adagc_rule(
-    ratio: Any = 1.04, beta: Any = 0.99, warmup_steps: Any = 100, warmup_max_norm: Any = 1.0
-) -> ThresholdRule:
-    from adaclip._recipes import _adagc_rule as rule
-
-    return rule(ratio, beta, warmup_steps, warmup_max_norm)
 
 
 # The rules the command line knows, by name. Add an entry to add a rule.

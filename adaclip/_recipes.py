@@ -103,9 +103,14 @@ def autoclip(
         clipping for source separation networks*, MLSP 2020.
         [arXiv:2007.14469](https://arxiv.org/abs/2007.14469)
     """
-    _validation.check_real("percentile", percentile, low=0.0, high=100.0)
-    rule = _with_eps(percentile_rule(percentile, window), always=True)
+    rule = _autoclip_rule(percentile, window)
     return clip_by_global_norm(rule, nonfinite=nonfinite, axis_name=axis_name)
+
+
+def _autoclip_rule(percentile: Any = 10.0, window: int = 10_000) -> ThresholdRule:
+    """AutoClip's rule as :func:`autoclip` applies it (the CLI replays it too)."""
+    _validation.check_real("percentile", percentile, low=0.0, high=100.0)
+    return _with_eps(percentile_rule(percentile, window), always=True)
 
 
 def zclip(
@@ -176,6 +181,30 @@ def zclip(
         Kumar, Owen, Ashraf, Sarkar. *ZClip: Adaptive Spike Mitigation for LLM
         Pre-Training*, 2025. [arXiv:2504.02507](https://arxiv.org/abs/2504.02507)
     """
+    rule = _zclip_rule(
+        alpha,
+        z_thresh,
+        warmup_steps,
+        max_norm,
+        mode,
+        clip_option,
+        clip_factor,
+        skip_update_on_spike,
+    )
+    return clip_by_global_norm(rule, nonfinite=nonfinite, axis_name=axis_name)
+
+
+def _zclip_rule(
+    alpha: Any = 0.97,
+    z_thresh: Any = 2.5,
+    warmup_steps: Any = 25,
+    max_norm: Any = 1.0,
+    mode: str = "zscore",
+    clip_option: str = "adaptive_scaling",
+    clip_factor: Any = 1.0,
+    skip_update_on_spike: bool = False,
+) -> ThresholdRule:
+    """ZClip's rule as :func:`zclip` applies it (the CLI replays it too)."""
     rule = zscore(
         alpha,
         z_thresh,
@@ -188,8 +217,7 @@ def zclip(
     if max_norm is not None:
         _validation.check_nonnegative("max_norm", max_norm)
         rule = minimum(rule, max_norm)
-    rule = _with_eps(rule, always=False)
-    return clip_by_global_norm(rule, nonfinite=nonfinite, axis_name=axis_name)
+    return _with_eps(rule, always=False)
 
 
 class AdaGCState(NamedTuple):
@@ -199,7 +227,9 @@ class AdaGCState(NamedTuple):
     count: jax.Array  # int32, (): finite steps taken so far.
 
 
-def _adagc_rule(ratio: Any, beta: Any, warmup_steps: Any, warmup_max_norm: Any) -> ThresholdRule:
+def _adagc_rule(
+    ratio: Any = 1.04, beta: Any = 0.99, warmup_steps: Any = 100, warmup_max_norm: Any = 1.0
+) -> ThresholdRule:
     """AdaGC's per-leaf thresholds, with the originals' epsilon folded in.
 
     During warm-up the whole tree is scaled by ``min(1, M / (G + eps))``

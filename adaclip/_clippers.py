@@ -6,11 +6,12 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
+import numpy as np
 import jax.numpy as jnp
 import optax
 
 from adaclip import _numerics, _validation
-from adaclip._base import PyTree, ThresholdLike, as_rule, step_rule
+from adaclip._base import PyTree, ThresholdLike, as_rule, is_uniform, step_rule
 
 NONFINITE = ("skip", "propagate")
 
@@ -78,21 +79,33 @@ def _make_clipper(
         zero = jnp.zeros([], jnp.float32)
         stat_leaves = [g if f else zero for g, f in zip(leaves, is_float, strict=True)]
         stat = statistic_fn(stat_leaves, axis_name)
-        threshold, rule_state, finite = step_rule(rule, stat, state.rule_state)
-        threshold = jnp.where(finite, threshold, state.threshold)
+        if per_leaf:
+            # One scalar per leaf; the rule and the state see them stacked.
+            parts = stat
+            stat = jnp.stack(parts) if parts else jnp.zeros([0], jnp.float32)
+        new_threshold, rule_state, finite = step_rule(rule, stat, state.rule_state)
+        threshold = jnp.where(finite, new_threshold, state.threshold)
         clipped = finite & (stat > threshold)
 
         # A non-finite step is zeroed ("skip") or let through untouched
         # ("propagate": an infinite threshold makes the clip the identity).
         keep = jnp.asarray(True) if nonfinite == "propagate" else finite
-        bound = jnp.where(finite, threshold, jnp.inf)
-        # One float32 factor per statistic entry, computed on the whole
-        # vector; each leaf then reads one scalar of it (a single slice per
-        # leaf keeps the compiled program, and its compile time, small).
-        factor = factor_fn(stat, bound)
+        bound = jnp.where(finite, new_threshold, jnp.inf)
+        if per_leaf:
+            # Each leaf's factor comes from its own scalar statistic and its
+            # own scalar bound, so that leaves of one shape share one compiled
+            # kernel (see `_entries`). A rule with one threshold for all
+            # leaves (fixed, scheduled) gives every leaf the same scalar.
+            if is_uniform(rule) and leaves:
+                bounds = [bound[0]] * len(leaves)
+            else:
+                bounds = _entries(bound)
+            factors = [factor_fn(p, b) for p, b in zip(parts, bounds, strict=True)]
+        else:
+            factors = [factor_fn(stat, bound)] * len(leaves)
         new_leaves = [
-            apply_fn(g, factor[i] if per_leaf else factor, keep) if f else g
-            for i, (g, f) in enumerate(zip(leaves, is_float, strict=True))
+            apply_fn(g, factor, keep) if f else g
+            for g, f, factor in zip(leaves, is_float, factors, strict=True)
         ]
 
         finite_steps = (state.count - state.nonfinite_count + 1).astype(jnp.float32)
@@ -109,6 +122,28 @@ def _make_clipper(
         return jax.tree.unflatten(treedef, new_leaves), new_state
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+# Up to this many leaves, per-leaf thresholds are read with one-hot masks
+# (n**2 booleans of constants); beyond, with slices (slower to compile).
+_MAX_MASKED_LEAVES = 1024
+
+
+def _entries(vector: jax.Array) -> list[jax.Array]:
+    """The entries of a ``(n,)`` vector as ``n`` scalars.
+
+    Each is a masked sum with a constant one-hot mask, so all ``n`` are
+    computed by one compiled kernel that reads a different mask. A slice
+    ``vector[i]`` would be clearer, but its offset is part of the kernel: every
+    leaf's kernel (and Adam's loops that the entry fuses into) would be a
+    different one, and XLA:CPU compiles each separately (500 leaves: ~15 s).
+    """
+    n = vector.shape[0]
+    if n > _MAX_MASKED_LEAVES:
+        return [vector[i] for i in range(n)]
+    eye = np.eye(n, dtype=bool)
+    zero = jnp.zeros([], vector.dtype)
+    return [jnp.sum(jnp.where(eye[i], vector, zero)) for i in range(n)]
 
 
 def _is_float(g: Any) -> bool:

@@ -7,15 +7,18 @@ read of the gradients and no write. A clip written as a per-element
 ``g / norm * threshold`` (``optax.clip_by_global_norm``) writes a new gradient
 tree first, which shows up here as one extra gradient-sized output per leaf.
 
-The check reads the compiled HLO (no timing, so it cannot be flaky): in the
-entry computation, the code that runs on every step, it counts the
-instructions whose result holds an array as large as a gradient leaf.
-Conditional branches (the overflow fallback of the norm, which runs only when
-the float32 sum of squares overflows) are not counted.
+Two checks, both on the compiled program (no timing, so they cannot be
+flaky): in the entry computation, the code that runs on every step, the
+instructions whose result holds an array as large as a gradient leaf are
+counted; and XLA's own buffer assignment (``memory_analysis()``) must give
+the program no temporary as large as a leaf anywhere, loop bodies (the norm's
+overflow fallback is a ``while`` loop that makes a second trip only after an
+overflow) and branches included.
 """
 
 from __future__ import annotations
 
+import math
 import re
 
 import jax
@@ -27,8 +30,11 @@ import adaclip
 
 LEAF_ELEMENTS = 1 << 16
 SHAPES = {"w1": (256, 256), "b": (LEAF_ELEMENTS,), "w2": (16, 64, 64)}
-# Instructions that create no new buffer.
-NOT_BUFFERS = {"parameter", "tuple", "get-tuple-element", "bitcast", "constant"}
+N_ELEMENTS = sum(math.prod(s) for s in SHAPES.values())
+# Instructions that create no new buffer. A ``while`` result aliases its
+# operand tuple (loop-invariant gradients pass through it); a copy that XLA
+# would need shows up as a ``copy`` instruction, which is counted.
+NOT_BUFFERS = {"parameter", "tuple", "get-tuple-element", "bitcast", "constant", "while"}
 _ARRAY = re.compile(r"\b(?:pred|[suf]\d+|bf16)\[([\d,]*)\]")
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%\S+\s*=\s*(.*?)\s+([a-z][\w\-]*)\(")
 
@@ -59,7 +65,7 @@ def large_buffers(hlo: str, min_elements: int = LEAF_ELEMENTS) -> list[str]:
     return found
 
 
-def compiled_hlo(clipper) -> str:
+def compiled_step(clipper):
     adam = optax.adam(1e-3)
     tx = adam if clipper is None else optax.chain(clipper, adam)
     params = {k: jnp.zeros(s, jnp.float32) for k, s in SHAPES.items()}
@@ -70,7 +76,12 @@ def compiled_hlo(clipper) -> str:
         return optax.apply_updates(params, updates), opt_state
 
     jitted = jax.jit(step, donate_argnums=(0, 1))
-    return jitted.lower(params, tx.init(params), grads).compile().as_text()
+    return jitted.lower(params, tx.init(params), grads).compile()
+
+
+def compiled_hlo(clipper) -> str:
+    return compiled_step(clipper).as_text()
+
 
 
 def _rules():
@@ -119,12 +130,18 @@ def test_adam_alone_writes_three_buffers_per_leaf(adam_buffers):
 
 @pytest.mark.parametrize("name", sorted(TRANSFORMS))
 def test_clip_adds_no_gradient_sized_buffer(name, adam_buffers):
-    found = large_buffers(compiled_hlo(TRANSFORMS[name]()))
+    compiled = compiled_step(TRANSFORMS[name]())
+    found = large_buffers(compiled.as_text())
     assert len(found) == len(adam_buffers), "\n".join(found)
+    # Nothing leaf-sized in the temporaries of the whole program either.
+    assert compiled.memory_analysis().temp_size_in_bytes < 4 * LEAF_ELEMENTS
 
 
 def test_guard_catches_optax_clip_by_global_norm(adam_buffers):
     # optax writes the clipped gradient tree out before Adam reads it: one
     # extra gradient-sized buffer per leaf. The guard must see it.
-    found = large_buffers(compiled_hlo(optax.clip_by_global_norm(1.0)))
+    compiled = compiled_step(optax.clip_by_global_norm(1.0))
+    found = large_buffers(compiled.as_text())
     assert len(found) == len(adam_buffers) + len(SHAPES), "\n".join(found)
+    # ... and XLA's buffer assignment holds a whole gradient tree in temporaries.
+    assert compiled.memory_analysis().temp_size_in_bytes >= 4 * N_ELEMENTS

@@ -83,22 +83,6 @@ def as_rule(threshold: ThresholdLike, name: str = "threshold") -> ThresholdRule:
     return fixed(threshold)
 
 
-def mark_uniform(update_fn: Callable) -> Callable:
-    """Marks a rule's ``update`` as giving one threshold for every entry of the
-    statistic (a broadcast scalar). Per-leaf clipping then gives every leaf
-    the same scalar instead of extracting entries one by one, which keeps
-    leaves of one shape on one compiled kernel. Only for built-in rules whose
-    threshold provably ignores the statistic's entries; an unmarked rule is
-    always correct, only slower to compile."""
-    update_fn._adaclip_uniform = True  # type: ignore[attr-defined]
-    return update_fn
-
-
-def is_uniform(rule: ThresholdRule) -> bool:
-    """Whether ``rule`` was built with :func:`mark_uniform`."""
-    return bool(getattr(rule.update, "_adaclip_uniform", False))
-
-
 def tree_select(pred: jax.Array, on_true: PyTree, on_false: PyTree) -> PyTree:
     """``jnp.where(pred, a, b)`` leaf by leaf, for a scalar ``pred``."""
     return jax.tree.map(lambda a, b: jnp.where(pred, a, b), on_true, on_false)

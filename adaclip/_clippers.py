@@ -6,12 +6,13 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
-import numpy as np
 import jax.numpy as jnp
+import numpy as np
 import optax
+from jax import lax
 
 from adaclip import _numerics, _validation
-from adaclip._base import PyTree, ThresholdLike, as_rule, is_uniform, step_rule
+from adaclip._base import PyTree, ThresholdLike, as_rule, step_rule
 
 NONFINITE = ("skip", "propagate")
 
@@ -79,10 +80,6 @@ def _make_clipper(
         zero = jnp.zeros([], jnp.float32)
         stat_leaves = [g if f else zero for g, f in zip(leaves, is_float, strict=True)]
         stat = statistic_fn(stat_leaves, axis_name)
-        if per_leaf:
-            # One scalar per leaf; the rule and the state see them stacked.
-            parts = stat
-            stat = jnp.stack(parts) if parts else jnp.zeros([0], jnp.float32)
         new_threshold, rule_state, finite = step_rule(rule, stat, state.rule_state)
         threshold = jnp.where(finite, new_threshold, state.threshold)
         clipped = finite & (stat > threshold)
@@ -91,18 +88,10 @@ def _make_clipper(
         # ("propagate": an infinite threshold makes the clip the identity).
         keep = jnp.asarray(True) if nonfinite == "propagate" else finite
         bound = jnp.where(finite, new_threshold, jnp.inf)
-        if per_leaf:
-            # Each leaf's factor comes from its own scalar statistic and its
-            # own scalar bound, so that leaves of one shape share one compiled
-            # kernel (see `_entries`). A rule with one threshold for all
-            # leaves (fixed, scheduled) gives every leaf the same scalar.
-            if is_uniform(rule) and leaves:
-                bounds = [bound[0]] * len(leaves)
-            else:
-                bounds = _entries(bound)
-            factors = [factor_fn(p, b) for p, b in zip(parts, bounds, strict=True)]
-        else:
-            factors = [factor_fn(stat, bound)] * len(leaves)
+        # One float32 factor per statistic entry, computed on the whole
+        # vector; each leaf reads its own entry as a separate scalar.
+        factor = factor_fn(stat, bound)
+        factors = _entries(factor) if per_leaf else [factor] * len(leaves)
         new_leaves = [
             apply_fn(g, factor, keep) if f else g
             for g, f, factor in zip(leaves, is_float, factors, strict=True)
@@ -162,16 +151,29 @@ def _norm_scale(norm: jax.Array, threshold: jax.Array) -> jax.Array:
     return jnp.where(threshold > 0, scale, 0.0)
 
 
+def _broadcast(x: jax.Array, like: jax.Array) -> jax.Array:
+    return lax.broadcast_in_dim(x, like.shape, ())
+
+
+def _finish_leaf(g: jax.Array, out: jax.Array, keep: jax.Array) -> jax.Array:
+    """``out`` where ``keep`` else 0 (a select, so NaN elements become 0), cast
+    back to ``g``'s dtype."""
+    out = lax.select(_broadcast(keep, out), out, lax.full_like(out, 0))
+    return out if out.dtype == g.dtype else lax.convert_element_type(out, g.dtype)
+
+
 def _scale_leaf(g: jax.Array, scale: jax.Array, keep: jax.Array) -> jax.Array:
     """``g * scale`` with one float32 scalar multiply.
 
     The scale is a scalar, so XLA fuses the multiply into whatever reads the
     clipped gradient next (Adam's moment updates) instead of writing a new
     gradient tree. ``keep=False`` zeroes the leaf (a skipped step), with a
-    select rather than a multiply so NaN elements become 0.
+    select rather than a multiply so NaN elements become 0. Written with
+    ``lax`` ops, which are cheaper to trace than ``jnp``'s for a function
+    that runs once per leaf.
     """
-    out = g.astype(jnp.float32) * scale
-    return jnp.where(keep, out, 0.0).astype(g.dtype)
+    y = _numerics.as_f32(g)
+    return _finish_leaf(g, lax.mul(y, _broadcast(scale, y)), keep)
 
 
 def _value_bound(max_abs: jax.Array, threshold: jax.Array) -> jax.Array:
@@ -181,9 +183,10 @@ def _value_bound(max_abs: jax.Array, threshold: jax.Array) -> jax.Array:
 
 
 def _clamp_leaf(g: jax.Array, bound: jax.Array, keep: jax.Array) -> jax.Array:
-    """Element-wise clamp of ``g`` to ``[-bound, bound]``."""
-    out = jnp.clip(g.astype(jnp.float32), -bound, bound)
-    return jnp.where(keep, out, 0.0).astype(g.dtype)
+    """Element-wise clamp of ``g`` to ``[-bound, bound]`` (NaN stays NaN)."""
+    y = _numerics.as_f32(g)
+    b = _broadcast(bound, y)
+    return _finish_leaf(g, lax.min(lax.max(y, lax.neg(b)), b), keep)
 
 
 _DOC_COMMON = """

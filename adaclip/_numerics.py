@@ -36,19 +36,30 @@ from jax import lax
 F32 = jnp.float32
 
 
+def as_f32(x: jax.Array) -> jax.Array:
+    """``x`` in float32 (no op when it already is)."""
+    return x if x.dtype == F32 else lax.convert_element_type(x, F32)
+
+
 def _sumsq(x: jax.Array, scale: jax.Array | None = None) -> jax.Array:
-    """``sum((x * scale)**2)`` in float32."""
-    y = x.astype(F32)
+    """``sum((x * scale)**2)`` in float32 (``lax`` ops: cheap to trace, and
+    this runs once per leaf)."""
+    y = as_f32(x)
     if scale is not None:
-        y = y * scale
-    return jnp.sum(jnp.square(y), dtype=F32)
+        y = lax.mul(y, lax.broadcast_in_dim(scale, y.shape, ()))
+    return lax.reduce(lax.mul(y, y), F32(0.0), lax.add, tuple(range(y.ndim)))
+
+
+def _add_all(values) -> jax.Array:
+    return functools.reduce(lax.add, values, jnp.zeros([], F32))
 
 
 def _maxabs(x: jax.Array) -> jax.Array:
-    """``max |x|`` in float32 (0 for an empty leaf)."""
+    """``max |x|`` in float32 (0 for an empty leaf); NaN propagates."""
     if x.size == 0:
         return jnp.zeros([], F32)
-    return jnp.max(jnp.abs(x)).astype(F32)
+    m = lax.reduce(lax.abs(x), jnp.zeros([], x.dtype), lax.max, tuple(range(x.ndim)))
+    return as_f32(m)
 
 
 def _nan_probe(x: jax.Array) -> jax.Array:
@@ -57,7 +68,9 @@ def _nan_probe(x: jax.Array) -> jax.Array:
     Scaled by ``2**-100`` so that huge finite values cannot overflow the sum
     into ``inf - inf``.
     """
-    return jnp.sum(x.astype(F32) * F32(2.0**-100), dtype=F32)
+    y = as_f32(x)
+    y = lax.mul(y, lax.full_like(y, 2.0**-100))
+    return lax.reduce(y, F32(0.0), lax.add, tuple(range(y.ndim)))
 
 
 # The overflow fallback's scale: 2**-80 and back, both exact in float32.
@@ -74,6 +87,7 @@ def _sums_with_fallback(sums_fn, overflowed, zeros):
     last, rescaled)``: the first pass, the last pass (the first one again when
     there was no second) and whether a second pass ran.
     """
+
     def again(carry):
         trip, first, _ = carry
         return (trip == 0) | ((trip == 1) & overflowed(first))
@@ -97,10 +111,6 @@ def _psum(x, axis_name):
     return x if axis_name is None else lax.psum(x, axis_name)
 
 
-def _pmax(x, axis_name):
-    return x if axis_name is None else lax.pmax(x, axis_name)
-
-
 def global_norm(leaves: Sequence[jax.Array], axis_name=None) -> jax.Array:
     """The L2 norm of all leaves together, float32, overflow-safe.
 
@@ -110,7 +120,7 @@ def global_norm(leaves: Sequence[jax.Array], axis_name=None) -> jax.Array:
     leaves = list(leaves)
 
     def total(scale):
-        return _psum(sum((_sumsq(x, scale) for x in leaves), jnp.zeros([], F32)), axis_name)
+        return _psum(_add_all(_sumsq(x, scale) for x in leaves), axis_name)
 
     # An infinite element stays infinite in the second pass too; a NaN sum is
     # not +inf, so it never triggers one and propagates.
@@ -118,45 +128,53 @@ def global_norm(leaves: Sequence[jax.Array], axis_name=None) -> jax.Array:
     return jnp.where(rescaled, F32(_UP) * jnp.sqrt(last), jnp.sqrt(first))
 
 
-def leaf_norms(leaves: Sequence[jax.Array], axis_name=None) -> list[jax.Array]:
-    """One float32 L2 norm per leaf, as a list of scalars; overflow-safe.
-
-    A list rather than a stacked vector: a leaf that reads its own norm from
-    a separate scalar compiles to the same kernel as every other leaf of its
-    shape, whereas a slice of a shared vector at a different offset makes
-    every leaf's kernel unique (XLA:CPU compiles each one separately).
-    """
+def leaf_norms(leaves: Sequence[jax.Array], axis_name=None) -> jax.Array:
+    """One L2 norm per leaf, float32 ``(n_leaves,)``, overflow-safe."""
     leaves = list(leaves)
     if not leaves:
-        return []
+        return jnp.zeros([0], F32)
 
     def per_leaf(scale):
-        return _psum(tuple(_sumsq(x, scale) for x in leaves), axis_name)
+        return _psum(jnp.stack([_sumsq(x, scale) for x in leaves]), axis_name)
 
     def any_overflow(sums):
-        return functools.reduce(jnp.logical_or, [jnp.isposinf(s) for s in sums])
+        return jnp.any(jnp.isposinf(sums))
 
-    zeros = tuple(jnp.zeros([], F32) for _ in leaves)
+    zeros = jnp.zeros([len(leaves)], F32)
     first, last, rescaled = _sums_with_fallback(per_leaf, any_overflow, zeros)
     # Leaves whose sum of squares is finite keep their one-pass norm.
-    return [
-        jnp.where(rescaled & jnp.isposinf(a), F32(_UP) * jnp.sqrt(b), jnp.sqrt(a))
-        for a, b in zip(first, last, strict=True)
-    ]
+    return jnp.where(rescaled & jnp.isposinf(first), F32(_UP) * jnp.sqrt(last), jnp.sqrt(first))
+
+
+def _may_span_devices() -> bool:
+    """Whether this process has more than one device, so that a reduction
+    under ``jax.jit`` may be split across devices (GSPMD sharding)."""
+    return jax.device_count() > 1 or jax.device_count("cpu") > 1
 
 
 def global_max_abs(leaves: Sequence[jax.Array], axis_name=None) -> jax.Array:
     """``max |x|`` over all leaves, float32; non-finite if any element is NaN or infinite.
 
-    Cross-device max reductions (a sharded ``jnp.max``, ``lax.pmax``) may drop
-    NaN on some backends (XLA:CPU does); a sum never does. So a NaN probe (a
-    scaled-down sum) is reduced alongside the max, summed across devices, and
-    a NaN in it makes the statistic NaN everywhere (an infinite element
-    already makes the max infinite). The max and the probe each have their
-    own producer of ``x``, so both fuse into reads of ``x`` and nothing
-    gradient-sized is written out (checked by tests/test_hlo.py).
+    On one device the max propagates NaN. Cross-device max reductions
+    (``lax.pmax``, the all-reduce of a sharded ``jnp.max``) may drop it on
+    some backends (XLA:CPU does), so:
+
+    - with ``axis_name``, the local max is made ``inf`` when it is NaN before
+      the ``pmax``;
+    - under plain ``jax.jit`` in a process with more than one device, where
+      XLA may split the max across devices by itself, a NaN probe (a
+      scaled-down sum; a sum never drops NaN) is reduced alongside the max.
+      The max and the probe each have their own producer of ``x``, so both
+      fuse into reads of ``x`` and nothing gradient-sized is written out
+      (checked by tests/test_hlo.py). With one device the probe is left
+      out: it would double the reductions in the program, and XLA:CPU's
+      compile time grows faster than linearly with their number.
     """
     leaves = list(leaves)
-    m = _pmax(_max_all(_maxabs(x) for x in leaves), axis_name)
-    probe = _psum(sum((_nan_probe(x) for x in leaves), jnp.zeros([], F32)), axis_name)
+    m = _max_all(_maxabs(x) for x in leaves)
+    if axis_name is not None:
+        return lax.pmax(jnp.where(jnp.isnan(m), F32(jnp.inf), m), axis_name)
+    if not _may_span_devices():
+        return m
+    probe = _add_all(_nan_probe(x) for x in leaves)
     return m + jnp.where(jnp.isnan(probe), jnp.nan, 0.0)

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from adaclip import _validation
-from adaclip._base import Schedule, ThresholdRule, as_f32, mark_uniform
+from adaclip._base import Schedule, ThresholdRule, as_f32
 
 
 class FixedState(NamedTuple):
@@ -59,7 +59,7 @@ def fixed(value: Any) -> ThresholdRule:
     def update_fn(statistic, state):
         return jnp.broadcast_to(as_f32(value), jnp.shape(statistic)), state
 
-    return ThresholdRule(init_fn, mark_uniform(update_fn))
+    return ThresholdRule(init_fn, update_fn)
 
 
 def scheduled(schedule: Schedule) -> ThresholdRule:
@@ -101,7 +101,7 @@ def scheduled(schedule: Schedule) -> ThresholdRule:
         threshold = jnp.broadcast_to(threshold, jnp.shape(statistic))
         return threshold, ScheduleState(count=optax.safe_increment(state.count))
 
-    return ThresholdRule(init_fn, mark_uniform(update_fn))
+    return ThresholdRule(init_fn, update_fn)
 
 
 def decaying(

@@ -83,7 +83,6 @@ def compiled_hlo(clipper) -> str:
     return compiled_step(clipper).as_text()
 
 
-
 def _rules():
     rules = {
         "fixed": lambda: 1.0,

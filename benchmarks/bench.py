@@ -18,8 +18,9 @@ Sections (each can be switched off):
   reference points: Adam with one extra read of the gradients (a reduction
   over the whole tree, the physical limit of a one-read clip) and
   ``optax.clip_by_global_norm`` + Adam.
-- ``compile``: trace + lower + compile time of each configuration on a
-  500-leaf tree, as a ratio to ``optax.clip_by_global_norm`` + Adam.
+- ``compile``: trace + lower + compile time of each configuration on two
+  500-leaf trees (500 vectors of 1 000; a transformer's leaves), each in a
+  fresh process, as a ratio to ``optax.clip_by_global_norm`` + Adam.
 - ``rules``: the clip alone (1M parameters), with its state fast-forwarded to
   step 1e3, 1e4 and 1e5 (counters set to the step, buffers filled): the cost
   of a step must not grow with the step count. Also the state size in bytes.
@@ -37,6 +38,7 @@ import os
 import platform
 import random
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -241,41 +243,73 @@ def _size_name(n: int) -> str:
     return f"{n // 1_000_000}M" if n >= 1_000_000 else f"{n // 1000}k"
 
 
-def bench_compile(rounds: int, n_leaves: int = 500, leaf_size: int = 1000) -> dict:
-    """Trace + lower + compile time on a ``n_leaves``-leaf tree, interleaved."""
-    configs = {k: v for k, v in clippers().items() if k != "adam + 1 read"}
-    shapes = [(leaf_size,)] * n_leaves
-    params = make_tree(shapes, 0)
-    grads = make_tree(shapes, 1)
-    times: dict[str, list[float]] = {name: [] for name in configs}
+COMPILE_TREES = ("uniform", "transformer")
+
+
+def compile_shapes(tree: str, n_leaves: int) -> list[tuple[int, ...]]:
+    """The compile section's trees: ``uniform`` is ``n_leaves`` vectors of 1 000
+    (many small leaves: XLA fuses all their last reduction stages into one
+    kernel), ``transformer`` repeats the 12 leaves of a width-256 transformer
+    block (layer norms, attention, MLP; weights and biases) up to ``n_leaves``."""
+    if tree == "uniform":
+        return [(1000,)] * n_leaves
+    d = 256
+    block = [(d,), (d,), (d, 3 * d), (3 * d,), (d, d), (d,), (d,), (d,), (d, 4 * d), (4 * d,)]
+    block += [(4 * d, d), (d,)]
+    return [block[i % len(block)] for i in range(n_leaves)]
+
+
+def compile_one(name: str, tree: str, n_leaves: int) -> float:
+    """Trace + lower + compile time of one configuration, from abstract shapes."""
+    factory = {k: v for k, v in clippers().items() if k != "adam + 1 read"}[name]
+    tx = make_tx(name, factory)
+    params = [jax.ShapeDtypeStruct(s, jnp.float32) for s in compile_shapes(tree, n_leaves)]
+    state = jax.eval_shape(tx.init, params)
+
+    def step(params, opt_state, grads):
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state
+
+    t0 = time.perf_counter()
+    jax.jit(step, donate_argnums=(0, 1)).lower(params, state, params).compile()
+    return time.perf_counter() - t0
+
+
+def bench_compile(rounds: int, n_leaves: int = 500) -> dict:
+    """Compile times, each in a fresh process (nothing cached from an earlier
+    compile), interleaved and shuffled; medians of per-round ratios to
+    ``optax.clip_by_global_norm``'s time on the same tree in the same round."""
+    names = [k for k in clippers() if k != "adam + 1 read"]
+    times = {(n, t): [] for n in names for t in COMPILE_TREES}
     rng = random.Random(0)
     for _ in range(rounds):
-        order = list(configs)
+        order = list(times)
         rng.shuffle(order)
-        for name in order:
-            tx = make_tx(name, configs[name])
-            state = tx.init(params)
-
-            # A fresh function object every time, so nothing comes from a cache.
-            def step(params, opt_state, grads, tx=tx):
-                updates, opt_state = tx.update(grads, opt_state, params)
-                return optax.apply_updates(params, updates), opt_state
-
-            t0 = time.perf_counter()
-            jax.jit(step, donate_argnums=(0, 1)).lower(params, state, grads).compile()
-            times[name].append(time.perf_counter() - t0)
-    ref = times["optax.clip_by_global_norm"]
-    return {
-        name: (median(ts), median([t / r for t, r in zip(ts, ref, strict=True)]))
-        for name, ts in times.items()
-    }
+        for name, tree in order:
+            out = subprocess.run(
+                [sys.executable, __file__, "--compile-one", name, tree, str(n_leaves)],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+            times[name, tree].append(float(out.split()[-1]))
+    results = {}
+    for (name, tree), ts in times.items():
+        ref = times["optax.clip_by_global_norm", tree]
+        ratio = median([t / r for t, r in zip(ts, ref, strict=True)])
+        results[name, tree] = (median(ts), ratio)
+    return results
 
 
 def print_compile(results: dict, n_leaves: int = 500) -> None:
-    print(f"compile time (trace + lower + compile), {n_leaves}-leaf tree")
-    print(f"{'configuration':<30}{'seconds':>10}{'x optax clip':>14}")
-    for name, (t, r) in results.items():
-        print(f"{name:<30}{t:10.3f}{r:14.3f}")
+    print(f"compile time (trace + lower + compile, fresh process each), {n_leaves}-leaf trees")
+    head = "".join(f"{t + ' s':>14}{'x optax':>9}" for t in COMPILE_TREES)
+    print(f"{'configuration':<30}{head}")
+    names = dict.fromkeys(name for name, _ in results)
+    for name in names:
+        cells = [results[name, t] for t in COMPILE_TREES]
+        row = "".join(f"{seconds:14.2f}{ratio:9.2f}" for seconds, ratio in cells)
+        print(f"{name:<30}{row}")
     print()
 
 
@@ -492,8 +526,13 @@ def main(argv=None) -> None:
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--compile-rounds", type=int, default=3, help="rounds of the compile section")
-    p.add_argument("--compile-leaves", type=int, default=500, help="leaves of the compile tree")
+    p.add_argument("--compile-leaves", type=int, default=500, help="leaves of the compile trees")
+    p.add_argument("--compile-one", nargs=3, help=argparse.SUPPRESS)  # internal: one measurement
     args = p.parse_args(argv)
+    if args.compile_one:
+        name, tree, n_leaves = args.compile_one
+        print(f"{compile_one(name, tree, int(n_leaves)):.4f}")
+        return
     sizes = [parse_size(s) for s in args.sizes.split(",") if s]
     rounds, steps = args.rounds, args.steps
     compile_rounds, train = args.compile_rounds, dict(batch=128, width=1024, depth=9)

@@ -79,18 +79,24 @@ def _make_clipper(
         is_float = [_is_float(g) for g in leaves]
         zero = jnp.zeros([], jnp.float32)
         stat_leaves = [g if f else zero for g, f in zip(leaves, is_float, strict=True)]
-        stat = statistic_fn(stat_leaves, axis_name)
-        new_threshold, rule_state, finite = step_rule(rule, stat, state.rule_state)
-        threshold = jnp.where(finite, new_threshold, state.threshold)
-        clipped = finite & (stat > threshold)
 
-        # A non-finite step is zeroed ("skip") or let through untouched
-        # ("propagate": an infinite threshold makes the clip the identity).
+        def step(stat):
+            # The rule's step and the clip factor, from the statistic. Run
+            # inside the statistic's loop (see _numerics._measure), so that
+            # XLA computes these scalars once instead of fusing a copy into
+            # every leaf's optimizer loop.
+            new_threshold, rule_state, finite = step_rule(rule, stat, state.rule_state)
+            threshold = jnp.where(finite, new_threshold, state.threshold)
+            # A non-finite step is zeroed ("skip") or let through untouched
+            # ("propagate": an infinite threshold makes the clip the identity).
+            bound = jnp.where(finite, new_threshold, jnp.inf)
+            # One float32 factor per statistic entry, on the whole vector.
+            return factor_fn(stat, bound), threshold, rule_state, finite
+
+        stat, (factor, threshold, rule_state, finite) = statistic_fn(stat_leaves, axis_name, step)
+        clipped = finite & (stat > threshold)
         keep = jnp.asarray(True) if nonfinite == "propagate" else finite
-        bound = jnp.where(finite, new_threshold, jnp.inf)
-        # One float32 factor per statistic entry, computed on the whole
-        # vector; each leaf reads its own entry as a separate scalar.
-        factor = factor_fn(stat, bound)
+        # Each leaf reads its own entry of the factor as a separate scalar.
         factors = _entries(factor) if per_leaf else [factor] * len(leaves)
         new_leaves = [
             apply_fn(g, factor, keep) if f else g

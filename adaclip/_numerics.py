@@ -78,28 +78,39 @@ _DOWN = 2.0**-80
 _UP = 2.0**80
 
 
-def _sums_with_fallback(sums_fn, overflowed, zeros):
-    """``sums_fn(scale)`` at ``scale = 1`` and, only if ``overflowed`` of that,
-    again at ``scale = 2**-80``, in one ``lax.while_loop`` (one copy of the
-    reductions in the program).
+def _measure(sums_fn, overflowed, finish, zeros, then):
+    """Measures a statistic and hands it to ``then``, inside one ``lax.while_loop``.
 
-    ``zeros`` has the structure of ``sums_fn``'s result. Returns ``(first,
-    last, rescaled)``: the first pass, the last pass (the first one again when
-    there was no second) and whether a second pass ran.
+    Each trip computes ``sums = sums_fn(scale)``, the statistic ``stat =
+    finish(first, sums, rescaled)`` (``first``: the first trip's sums) and
+    ``then(stat)``; the loop returns the last trip's ``(stat, then(stat))``.
+    The first trip runs with ``scale = 1``; a second one, with ``scale =
+    2**-80``, only when ``overflowed(first)``. So the program holds one copy
+    of the per-leaf reductions (not two, as a ``lax.cond`` fallback would),
+    and whatever ``then`` computes (the rule's step and the clip factor) is
+    a loop output: XLA cannot fuse that scalar arithmetic into each of the
+    optimizer's per-leaf loops, which would repeat it once per leaf in the
+    compiled program. ``zeros`` has the structure of ``sums_fn``'s result.
     """
+    stat_zeros = finish(zeros, zeros, jnp.asarray(False))
+    out_zeros = jax.tree.map(
+        lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(then, stat_zeros)
+    )
 
     def again(carry):
-        trip, first, _ = carry
+        trip, first, _, _ = carry
         return (trip == 0) | ((trip == 1) & overflowed(first))
 
     def body(carry):
-        trip, first, _ = carry
-        out = sums_fn(jnp.where(trip == 0, F32(1.0), F32(_DOWN)))
-        first = jax.tree.map(lambda new, old: jnp.where(trip == 0, new, old), out, first)
-        return trip + 1, first, out
+        trip, first, _, _ = carry
+        sums = sums_fn(jnp.where(trip == 0, F32(1.0), F32(_DOWN)))
+        first = jax.tree.map(lambda new, old: jnp.where(trip == 0, new, old), sums, first)
+        stat = finish(first, sums, trip > 0)
+        return trip + 1, first, stat, then(stat)
 
-    trips, first, last = lax.while_loop(again, body, (jnp.zeros([], jnp.int32), zeros, zeros))
-    return first, last, trips > 1
+    init = (jnp.zeros([], jnp.int32), zeros, stat_zeros, out_zeros)
+    _, _, stat, out = lax.while_loop(again, body, init)
+    return stat, out
 
 
 def _max_all(values) -> jax.Array:
@@ -111,28 +122,35 @@ def _psum(x, axis_name):
     return x if axis_name is None else lax.psum(x, axis_name)
 
 
-def global_norm(leaves: Sequence[jax.Array], axis_name=None) -> jax.Array:
+def global_norm(leaves: Sequence[jax.Array], axis_name=None, then=None):
     """The L2 norm of all leaves together, float32, overflow-safe.
 
     With ``axis_name`` the squared norms are summed over that mapped axis
     (``shard_map``/``pmap``), so every device gets the true global norm.
+    Returns ``(norm, then(norm))`` (see :func:`_measure`).
     """
     leaves = list(leaves)
 
     def total(scale):
         return _psum(_add_all(_sumsq(x, scale) for x in leaves), axis_name)
 
+    def finish(first, last, rescaled):
+        return jnp.where(rescaled, F32(_UP) * jnp.sqrt(last), jnp.sqrt(first))
+
     # An infinite element stays infinite in the second pass too; a NaN sum is
     # not +inf, so it never triggers one and propagates.
-    first, last, rescaled = _sums_with_fallback(total, jnp.isposinf, jnp.zeros([], F32))
-    return jnp.where(rescaled, F32(_UP) * jnp.sqrt(last), jnp.sqrt(first))
+    return _measure(total, jnp.isposinf, finish, jnp.zeros([], F32), then or _nothing)
 
 
-def leaf_norms(leaves: Sequence[jax.Array], axis_name=None) -> jax.Array:
-    """One L2 norm per leaf, float32 ``(n_leaves,)``, overflow-safe."""
+def leaf_norms(leaves: Sequence[jax.Array], axis_name=None, then=None):
+    """One L2 norm per leaf, float32 ``(n_leaves,)``, overflow-safe.
+
+    Returns ``(norms, then(norms))`` (see :func:`_measure`).
+    """
     leaves = list(leaves)
     if not leaves:
-        return jnp.zeros([0], F32)
+        norms = jnp.zeros([0], F32)
+        return norms, (then or _nothing)(norms)
 
     def per_leaf(scale):
         return _psum(jnp.stack([_sumsq(x, scale) for x in leaves]), axis_name)
@@ -140,10 +158,17 @@ def leaf_norms(leaves: Sequence[jax.Array], axis_name=None) -> jax.Array:
     def any_overflow(sums):
         return jnp.any(jnp.isposinf(sums))
 
+    def finish(first, last, rescaled):
+        # Leaves whose sum of squares is finite keep their one-pass norm.
+        return jnp.where(rescaled & jnp.isposinf(first), F32(_UP) * jnp.sqrt(last), jnp.sqrt(first))
+
     zeros = jnp.zeros([len(leaves)], F32)
-    first, last, rescaled = _sums_with_fallback(per_leaf, any_overflow, zeros)
-    # Leaves whose sum of squares is finite keep their one-pass norm.
-    return jnp.where(rescaled & jnp.isposinf(first), F32(_UP) * jnp.sqrt(last), jnp.sqrt(first))
+    return _measure(per_leaf, any_overflow, finish, zeros, then or _nothing)
+
+
+def _nothing(stat):
+    del stat
+    return ()
 
 
 def _may_span_devices() -> bool:
@@ -152,7 +177,7 @@ def _may_span_devices() -> bool:
     return jax.device_count() > 1 or jax.device_count("cpu") > 1
 
 
-def global_max_abs(leaves: Sequence[jax.Array], axis_name=None) -> jax.Array:
+def global_max_abs(leaves: Sequence[jax.Array], axis_name=None, then=None):
     """``max |x|`` over all leaves, float32; non-finite if any element is NaN or infinite.
 
     On one device the max propagates NaN. Cross-device max reductions
@@ -169,12 +194,25 @@ def global_max_abs(leaves: Sequence[jax.Array], axis_name=None) -> jax.Array:
       (checked by tests/test_hlo.py). With one device the probe is left
       out: it would double the reductions in the program, and XLA:CPU's
       compile time grows faster than linearly with their number.
+
+    Returns ``(max, then(max))``, computed in the same kind of loop as the
+    norms (see :func:`_measure`); a max cannot overflow, so the loop makes a
+    second, identical trip only on a NaN step, where it changes nothing.
     """
     leaves = list(leaves)
-    m = _max_all(_maxabs(x) for x in leaves)
-    if axis_name is not None:
-        return lax.pmax(jnp.where(jnp.isnan(m), F32(jnp.inf), m), axis_name)
-    if not _may_span_devices():
-        return m
-    probe = _add_all(_nan_probe(x) for x in leaves)
-    return m + jnp.where(jnp.isnan(probe), jnp.nan, 0.0)
+
+    def max_abs(scale):
+        del scale  # a max needs no rescaling
+        m = _max_all(_maxabs(x) for x in leaves)
+        if axis_name is not None:
+            return lax.pmax(jnp.where(jnp.isnan(m), F32(jnp.inf), m), axis_name)
+        if not _may_span_devices():
+            return m
+        probe = _add_all(_nan_probe(x) for x in leaves)
+        return m + jnp.where(jnp.isnan(probe), jnp.nan, 0.0)
+
+    def finish(first, last, rescaled):
+        del first, rescaled
+        return last
+
+    return _measure(max_abs, jnp.isnan, finish, jnp.zeros([], F32), then or _nothing)

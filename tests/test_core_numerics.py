@@ -140,3 +140,30 @@ def test_empty_tree():
     tx = adaclip.clip_by_leaf_norm(1.0)
     out, state = tx.update({}, tx.init({}))
     assert state.norm.shape == (0,)
+
+
+def test_per_leaf_many_leaves_path_matches(monkeypatch):
+    # Above _MAX_MASKED_LEAVES leaves the per-leaf clipper reads factors with
+    # slices instead of one-hot masks: same results, exactly.
+    from adaclip import _clippers
+
+    rng = np.random.default_rng(0)
+    steps = [
+        {f"w{i}": jnp.asarray(rng.normal(size=(3,)) * (i + 1) * s, jnp.float32) for i in range(5)}
+        for s in (1.0, 1.0, 30.0, np.nan, 1.0, 0.1)
+    ]
+
+    def run():
+        tx = adaclip.clip_by_leaf_norm(adaclip.ema(1.5, 0.9))
+        update = jax.jit(tx.update)
+        state, outs = tx.init(steps[0]), []
+        for g in steps:
+            out, state = update(g, state)
+            outs.append(out)
+        return outs, state
+
+    masked = run()
+    monkeypatch.setattr(_clippers, "_MAX_MASKED_LEAVES", 2)
+    sliced = run()
+    for a, b in zip(jax.tree.leaves(masked), jax.tree.leaves(sliced), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -144,3 +144,74 @@ def test_guard_catches_optax_clip_by_global_norm(adam_buffers):
     assert len(found) == len(adam_buffers) + len(SHAPES), "\n".join(found)
     # ... and XLA's buffer assignment holds a whole gradient tree in temporaries.
     assert compiled.memory_analysis().temp_size_in_bytes >= 4 * N_ELEMENTS
+
+
+# --------------------------------------------------------------------------- compile size
+#
+# XLA:CPU's compile time grows with the number of reductions in a program and
+# with the number of *distinct* kernels (identical fusions are compiled once).
+# These structural checks pin the two changes that brought adaclip's compile
+# time near optax's (see docs/performance.md): the overflow fallback reuses
+# the one copy of the per-leaf reductions, and per-leaf factors are not read
+# with slices (a slice's offset makes every leaf's kernel a different one).
+
+_DEF = re.compile(r"^\s*(?:ROOT\s+)?(%\S+)\s*=\s*(\S+)\s+([a-z][\w\-]*)\((.*)$")
+
+
+def _definitions(hlo: str) -> list[tuple[str, str, str, list[str]]]:
+    """``(name, type, opcode, operand names)`` of every instruction, every computation."""
+    out = []
+    for line in hlo.splitlines():
+        match = _DEF.match(line)
+        if match:
+            name, typ, opcode, rest = match.groups()
+            out.append((name, typ, opcode, re.findall(r"%[\w.\-]+", rest.split(")")[0])))
+    return out
+
+
+def leaf_reductions(hlo: str) -> int:
+    """The reductions (anywhere in the program) that read a whole gradient leaf."""
+    defs = _definitions(hlo)
+    types = {name: typ for name, typ, _, _ in defs}
+    leaf_types = {f"f32[{','.join(map(str, s))}]" for s in SHAPES.values()}
+    count = 0
+    for _, _, opcode, operands in defs:
+        if opcode in ("reduce", "reduce-window") and operands:
+            typ = types.get(operands[0], "")
+            if typ.split("{")[0] in leaf_types:
+                count += 1
+    return count
+
+
+@pytest.mark.parametrize(
+    "name", ["global-fixed", "global-ema", "leaf-fixed", "leaf-ema", "value-fixed", "autoclip"]
+)
+def test_one_reduction_per_leaf(name):
+    # The overflow fallback is a second trip through the same reductions, not
+    # a second copy of them; value clipping on one device reduces the max only.
+    hlo = compiled_hlo(TRANSFORMS[name]())
+    assert leaf_reductions(hlo) == len(SHAPES), hlo
+
+
+def test_reduction_count_catches_a_second_copy():
+    # The counter sees a clip whose fallback holds its own reductions.
+    def two_copies(updates, state, params=None):
+        del params
+        leaves = jax.tree.leaves(updates)
+        sumsq = sum(jnp.sum(g * g) for g in leaves)
+        norm = jax.lax.cond(
+            jnp.isinf(sumsq),
+            lambda: jnp.sqrt(sum(jnp.sum((g * 2.0**-80) ** 2) for g in leaves)) * 2.0**80,
+            lambda: jnp.sqrt(sumsq),
+        )
+        return jax.tree.map(lambda g: g * jnp.minimum(1.0, 1.0 / norm), updates), state
+
+    hlo = compiled_hlo(optax.GradientTransformation(lambda p: optax.EmptyState(), two_copies))
+    assert leaf_reductions(hlo) == 2 * len(SHAPES)
+
+
+@pytest.mark.parametrize("rule", ["fixed", "ema"])
+def test_per_leaf_factors_are_not_slices(rule):
+    hlo = compiled_hlo(TRANSFORMS[f"leaf-{rule}"]())
+    slices = [d for d in _definitions(hlo) if d[2] == "slice"]
+    assert not slices, slices

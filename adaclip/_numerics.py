@@ -78,38 +78,66 @@ _DOWN = 2.0**-80
 _UP = 2.0**80
 
 
-def _measure(sums_fn, overflowed, finish, zeros, then):
-    """Measures a statistic and hands it to ``then``, inside one ``lax.while_loop``.
+# Leaves up to this many elements are reduced inside the loop of `_measure`;
+# larger ones in the main program.
+_SMALL_LEAF = 1 << 14
 
-    Each trip computes ``sums = sums_fn(scale)``, the statistic ``stat =
-    finish(first, sums, rescaled)`` (``first``: the first trip's sums) and
-    ``then(stat)``; the loop returns the last trip's ``(stat, then(stat))``.
-    The first trip runs with ``scale = 1``; a second one, with ``scale =
-    2**-80``, only when ``overflowed(first)``. So the program holds one copy
-    of the per-leaf reductions (not two, as a ``lax.cond`` fallback would),
-    and whatever ``then`` computes (the rule's step and the clip factor) is
-    a loop output: XLA cannot fuse that scalar arithmetic into each of the
-    optimizer's per-leaf loops, which would repeat it once per leaf in the
-    compiled program. ``zeros`` has the structure of ``sums_fn``'s result.
+
+def _measure(leaves, part, combine, overflowed, finish, zeros, then):
+    """Measures a statistic of ``leaves`` and hands it to ``then``.
+
+    Returns ``(stat, then(stat))``. Each leaf contributes ``part(x, scale)``
+    and ``combine(parts)`` gives the sums (a total, or one per leaf). The
+    first pass runs with ``scale = 1``; a second one with ``scale = 2**-80``
+    only when ``overflowed(first sums)``; ``finish(first, last, rescaled)``
+    gives the statistic. Then ``then(stat)``: the rule's step and the clip
+    factor.
+
+    Everything from the reductions of small leaves on runs inside one
+    ``lax.while_loop`` (one trip, or two after an overflow), for compile
+    time. With many small leaves XLA fuses the last stage of all their
+    reductions into one large kernel; a ``lax.cond`` fallback would hold a
+    second copy of it, and XLA:CPU's compile time grows faster than linearly
+    with such kernels. And ``then``'s scalars, as outputs of the loop, are
+    computed once rather than fused by XLA into each of the optimizer's
+    per-leaf loops. Large leaves are reduced in the main program, where
+    XLA:CPU splits a reduction across threads (inside a loop body it does
+    not); their second pass is a ``lax.cond`` in the loop, whose reductions
+    compile to the same kernels as the first.
     """
+    big = [i for i, x in enumerate(leaves) if x.size > _SMALL_LEAF]
+    big_first = [part(leaves[i], F32(1.0)) for i in big]
+
+    def sums_at(trip, scale):
+        parts = {i: part(x, scale) for i, x in enumerate(leaves) if x.size <= _SMALL_LEAF}
+        if big:
+            again = lax.cond(
+                trip > 0,
+                lambda s: [part(leaves[i], s) for i in big],
+                lambda s: big_first,
+                scale,
+            )
+            parts.update(zip(big, again, strict=True))
+        return combine([parts[i] for i in range(len(leaves))])
+
     stat_zeros = finish(zeros, zeros, jnp.asarray(False))
     out_zeros = jax.tree.map(
         lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(then, stat_zeros)
     )
 
-    def again(carry):
+    def keep_going(carry):
         trip, first, _, _ = carry
         return (trip == 0) | ((trip == 1) & overflowed(first))
 
     def body(carry):
         trip, first, _, _ = carry
-        sums = sums_fn(jnp.where(trip == 0, F32(1.0), F32(_DOWN)))
+        sums = sums_at(trip, jnp.where(trip == 0, F32(1.0), F32(_DOWN)))
         first = jax.tree.map(lambda new, old: jnp.where(trip == 0, new, old), sums, first)
         stat = finish(first, sums, trip > 0)
         return trip + 1, first, stat, then(stat)
 
     init = (jnp.zeros([], jnp.int32), zeros, stat_zeros, out_zeros)
-    _, _, stat, out = lax.while_loop(again, body, init)
+    _, _, stat, out = lax.while_loop(keep_going, body, init)
     return stat, out
 
 
@@ -131,15 +159,16 @@ def global_norm(leaves: Sequence[jax.Array], axis_name=None, then=None):
     """
     leaves = list(leaves)
 
-    def total(scale):
-        return _psum(_add_all(_sumsq(x, scale) for x in leaves), axis_name)
-
     def finish(first, last, rescaled):
         return jnp.where(rescaled, F32(_UP) * jnp.sqrt(last), jnp.sqrt(first))
 
+    def total(parts):
+        return _psum(_add_all(parts), axis_name)
+
     # An infinite element stays infinite in the second pass too; a NaN sum is
     # not +inf, so it never triggers one and propagates.
-    return _measure(total, jnp.isposinf, finish, jnp.zeros([], F32), then or _nothing)
+    zero = jnp.zeros([], F32)
+    return _measure(leaves, _sumsq, total, jnp.isposinf, finish, zero, then or _nothing)
 
 
 def leaf_norms(leaves: Sequence[jax.Array], axis_name=None, then=None):
@@ -152,8 +181,8 @@ def leaf_norms(leaves: Sequence[jax.Array], axis_name=None, then=None):
         norms = jnp.zeros([0], F32)
         return norms, (then or _nothing)(norms)
 
-    def per_leaf(scale):
-        return _psum(jnp.stack([_sumsq(x, scale) for x in leaves]), axis_name)
+    def per_leaf(parts):
+        return _psum(jnp.stack(parts), axis_name)
 
     def any_overflow(sums):
         return jnp.any(jnp.isposinf(sums))
@@ -163,7 +192,7 @@ def leaf_norms(leaves: Sequence[jax.Array], axis_name=None, then=None):
         return jnp.where(rescaled & jnp.isposinf(first), F32(_UP) * jnp.sqrt(last), jnp.sqrt(first))
 
     zeros = jnp.zeros([len(leaves)], F32)
-    return _measure(per_leaf, any_overflow, finish, zeros, then or _nothing)
+    return _measure(leaves, _sumsq, per_leaf, any_overflow, finish, zeros, then or _nothing)
 
 
 def _nothing(stat):
@@ -201,18 +230,23 @@ def global_max_abs(leaves: Sequence[jax.Array], axis_name=None, then=None):
     """
     leaves = list(leaves)
 
-    def max_abs(scale):
+    def part(x, scale):
         del scale  # a max needs no rescaling
-        m = _max_all(_maxabs(x) for x in leaves)
+        return _maxabs(x), (_nan_probe(x) if probe else None)
+
+    def combine(parts):
+        m = _max_all(p[0] for p in parts)
         if axis_name is not None:
             return lax.pmax(jnp.where(jnp.isnan(m), F32(jnp.inf), m), axis_name)
-        if not _may_span_devices():
+        if not probe:
             return m
-        probe = _add_all(_nan_probe(x) for x in leaves)
-        return m + jnp.where(jnp.isnan(probe), jnp.nan, 0.0)
+        nan_probe = _add_all(p[1] for p in parts)
+        return m + jnp.where(jnp.isnan(nan_probe), jnp.nan, 0.0)
 
     def finish(first, last, rescaled):
         del first, rescaled
         return last
 
-    return _measure(max_abs, jnp.isnan, finish, jnp.zeros([], F32), then or _nothing)
+    probe = axis_name is None and _may_span_devices()
+    zero = jnp.zeros([], F32)
+    return _measure(leaves, part, combine, jnp.isnan, finish, zero, then or _nothing)

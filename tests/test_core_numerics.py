@@ -167,3 +167,23 @@ def test_per_leaf_many_leaves_path_matches(monkeypatch):
     sliced = run()
     for a, b in zip(jax.tree.leaves(masked), jax.tree.leaves(sliced), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e20])
+def test_overflow_fallback_covers_large_and_small_leaves(scale):
+    # Leaves above 2**14 elements are reduced outside the statistic's loop and
+    # rescaled by their own conditional: both kinds must be exact on overflow.
+    rng = np.random.default_rng(1)
+    big = rng.normal(size=(20_000,)) * scale
+    small = rng.normal(size=(300,)) * scale
+    g = {"big": jnp.asarray(big, jnp.float32), "small": jnp.asarray(small, jnp.float32)}
+    want = np.sqrt(np.sum(np.float64(g["big"]) ** 2) + np.sum(np.float64(g["small"]) ** 2))
+    tx = adaclip.clip_by_global_norm(1.0)
+    out, state = jax.jit(tx.update)(g, tx.init(g))
+    np.testing.assert_allclose(float(state.norm), want, rtol=1e-5)
+    out_norm = np.sqrt(sum(np.sum(np.float64(x) ** 2) for x in jax.tree.leaves(out)))
+    np.testing.assert_allclose(out_norm, 1.0, rtol=1e-5)
+    tx = adaclip.clip_by_leaf_norm(1.0)
+    _, state = jax.jit(tx.update)(g, tx.init(g))
+    per_leaf = [np.linalg.norm(np.float64(g[k])) for k in sorted(g)]
+    np.testing.assert_allclose(np.asarray(state.norm), per_leaf, rtol=1e-5)

@@ -13,15 +13,8 @@ above ~1.8e19, where the elements that the scaling flushes to zero (below
 scaled sum overflows only when the true norm exceeds the float32 range
 (``inf`` is then the right answer).
 
-Both passes are the *same* computation, ``sum((x * scale)**2)`` with a
-runtime ``scale``, run by a ``lax.while_loop`` that makes one trip normally
-and a second one (``scale = 2**-80``) only after an overflow. Compared with a
-``lax.cond`` whose branch holds a second copy of every reduction, the
-compiled program has half the reductions, and XLA:CPU's compile time grows
-faster than linearly with their number: on a 500-leaf tree this is the
-difference between ~1.05x and ~1.4x the compile time of
-``optax.clip_by_global_norm`` (benchmarks/bench.py, section ``compile``).
-Multiplying by ``scale = 1`` is exact and free in a memory-bound loop.
+How the passes are laid out in the compiled program (for compile time and
+speed on XLA:CPU) is described in :func:`_measure`.
 """
 
 from __future__ import annotations

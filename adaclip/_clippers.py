@@ -178,7 +178,7 @@ def _scale_leaf(g: jax.Array, scale: jax.Array, keep: jax.Array) -> jax.Array:
     ``lax`` ops, which are cheaper to trace than ``jnp``'s for a function
     that runs once per leaf.
     """
-    y = _numerics.as_f32(g)
+    y = _numerics.leaf_f32(g)
     return _finish_leaf(g, lax.mul(y, _broadcast(scale, y)), keep)
 
 
@@ -190,7 +190,7 @@ def _value_bound(max_abs: jax.Array, threshold: jax.Array) -> jax.Array:
 
 def _clamp_leaf(g: jax.Array, bound: jax.Array, keep: jax.Array) -> jax.Array:
     """Element-wise clamp of ``g`` to ``[-bound, bound]`` (NaN stays NaN)."""
-    y = _numerics.as_f32(g)
+    y = _numerics.leaf_f32(g)
     b = _broadcast(bound, y)
     return _finish_leaf(g, lax.min(lax.max(y, lax.neg(b)), b), keep)
 

@@ -29,17 +29,17 @@ from jax import lax
 F32 = jnp.float32
 
 
-def as_f32(x: jax.Array) -> jax.Array:
-    """``x`` in float32 (no op when it already is)."""
+def leaf_f32(x: jax.Array) -> jax.Array:
+    """A gradient leaf in float32, with one ``lax`` op or none (cheaper to trace,
+    once per leaf, than ``_base.as_f32``, which also takes Python numbers)."""
     return x if x.dtype == F32 else lax.convert_element_type(x, F32)
 
 
-def _sumsq(x: jax.Array, scale: jax.Array | None = None) -> jax.Array:
+def _sumsq(x: jax.Array, scale: jax.Array) -> jax.Array:
     """``sum((x * scale)**2)`` in float32 (``lax`` ops: cheap to trace, and
     this runs once per leaf)."""
-    y = as_f32(x)
-    if scale is not None:
-        y = lax.mul(y, lax.broadcast_in_dim(scale, y.shape, ()))
+    y = leaf_f32(x)
+    y = lax.mul(y, lax.broadcast_in_dim(scale, y.shape, ()))
     return lax.reduce(lax.mul(y, y), F32(0.0), lax.add, tuple(range(y.ndim)))
 
 
@@ -52,7 +52,7 @@ def _maxabs(x: jax.Array) -> jax.Array:
     if x.size == 0:
         return jnp.zeros([], F32)
     m = lax.reduce(lax.abs(x), jnp.zeros([], x.dtype), lax.max, tuple(range(x.ndim)))
-    return as_f32(m)
+    return leaf_f32(m)
 
 
 def _nan_probe(x: jax.Array) -> jax.Array:
@@ -61,7 +61,7 @@ def _nan_probe(x: jax.Array) -> jax.Array:
     Scaled by ``2**-100`` so that huge finite values cannot overflow the sum
     into ``inf - inf``.
     """
-    y = as_f32(x)
+    y = leaf_f32(x)
     y = lax.mul(y, lax.full_like(y, 2.0**-100))
     return lax.reduce(y, F32(0.0), lax.add, tuple(range(y.ndim)))
 

@@ -12,7 +12,7 @@ sees gradients. It is a pair of pure functions, like an optax transformation:
 
 Rules work element-wise on the statistic's shape, so every rule serves every
 clipper. The clipper, not the rule, guards against non-finite statistics: see
-:func:`step_rule`.
+`step_rule`.
 """
 
 from __future__ import annotations
@@ -65,7 +65,8 @@ def as_f32(x: Any) -> jax.Array:
 
 
 def as_rule(threshold: ThresholdLike, name: str = "threshold") -> ThresholdRule:
-    """Turns a float, an optax schedule or a rule into a :class:`ThresholdRule`."""
+    """Turns a float, an optax schedule or a rule into a
+    [`adaclip.ThresholdRule`][adaclip.ThresholdRule]."""
     # Imported here: the rule modules import this one.
     from adaclip._schedule_rules import fixed, scheduled
 

@@ -7,7 +7,7 @@ Usage::
         --grid "decay=geomspace(0.9, 0.999, 4)" --plot sweep.png
     adaclip rules
 
-Rule specs are parsed with :mod:`ast`, never evaluated: a spec is a rule name
+Rule specs are parsed with `ast`, never evaluated: a spec is a rule name
 from :data:`RULES`, optionally called with literal arguments (numbers,
 strings, booleans, None) or nested rule specs, e.g.
 ``clamp(ema(2.0, 0.99), lower=0.1)``.

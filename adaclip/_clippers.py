@@ -19,7 +19,7 @@ NONFINITE = ("skip", "propagate")
 
 class ClipState(NamedTuple):
     """State of every adaclip clipper; its fields other than ``rule_state`` are
-    the metrics that :func:`adaclip.metrics` reports.
+    the metrics that [`adaclip.metrics`][adaclip.metrics] reports.
 
     Shapes are ``()`` for global and value clipping and ``(n_leaves,)`` for
     per-leaf clipping. On a step whose statistic is not finite, ``norm``,
@@ -195,25 +195,10 @@ def _clamp_leaf(g: jax.Array, bound: jax.Array, keep: jax.Array) -> jax.Array:
     return _finish_leaf(g, lax.min(lax.max(y, lax.neg(b)), b), keep)
 
 
-_DOC_COMMON = """
-    ``threshold`` is a float (a fixed threshold), an optax schedule (a callable
-    of the step count) or an :class:`adaclip.ThresholdRule`. The statistic is
-    accumulated in float32 whatever the gradient dtype, and is exact even when
-    a sum of squares would overflow float32 (elements above ~1e19): a
-    rescaled second pass runs then, and only then.
-
-    **Non-finite steps.** When the statistic is NaN or infinite, the rule's
-    state is left untouched and ``nonfinite_count`` goes up; with
-    ``nonfinite="skip"`` (the default) the step's update is all zeros, with
-    ``"propagate"`` the gradients pass through unchanged (NaN included).
-"""
-
-
 def clip_by_global_norm(
     threshold: ThresholdLike, *, nonfinite: str = "skip", axis_name: Any = None
 ) -> optax.GradientTransformationExtraArgs:
-    (
-        """Clips the whole gradient tree by its global L2 norm.
+    """Clips the whole gradient tree by its global L2 norm.
 
     $$g \\leftarrow g \\cdot \\min\\left(1, \\frac{c_t}{\\lVert g \\rVert_2}\\right)$$
 
@@ -222,9 +207,17 @@ def clip_by_global_norm(
     threshold this equals ``optax.clip_by_global_norm``, but the scale is one
     float32 scalar, so the clip costs one read of the gradients when chained
     with an optimizer.
-    """
-        + _DOC_COMMON
-        + """
+        ``threshold`` is a float (a fixed threshold), an optax schedule (a callable
+    of the step count) or an [`adaclip.ThresholdRule`][adaclip.ThresholdRule]. The statistic is
+    accumulated in float32 whatever the gradient dtype, and is exact even when
+    a sum of squares would overflow float32 (elements above ~1e19): a
+    rescaled second pass runs then, and only then.
+
+    **Non-finite steps.** When the statistic is NaN or infinite, the rule's
+    state is left untouched and ``nonfinite_count`` goes up; with
+    ``nonfinite="skip"`` (the default) the step's update is all zeros, with
+    ``"propagate"`` the gradients pass through unchanged (NaN included).
+
     Args:
         threshold: a float >= 0, an optax schedule or a rule.
         nonfinite: ``"skip"`` or ``"propagate"``.
@@ -235,7 +228,7 @@ def clip_by_global_norm(
 
     Returns:
         An ``optax.GradientTransformationExtraArgs`` whose state is a
-        :class:`adaclip.ClipState`.
+        [`adaclip.ClipState`][adaclip.ClipState].
 
     Raises:
         TypeError, ValueError: a bad ``threshold`` or ``nonfinite``.
@@ -251,7 +244,6 @@ def clip_by_global_norm(
         >>> float(adaclip.metrics(opt_state)["norm"])
         5.0
     """
-    )
     return _make_clipper(
         threshold, nonfinite, axis_name, _numerics.global_norm, _norm_scale, _scale_leaf, False
     )
@@ -260,8 +252,7 @@ def clip_by_global_norm(
 def clip_by_leaf_norm(
     threshold: ThresholdLike, *, nonfinite: str = "skip", axis_name: Any = None
 ) -> optax.GradientTransformationExtraArgs:
-    (
-        """Clips each leaf by its own L2 norm ("local" or per-layer clipping).
+    """Clips each leaf by its own L2 norm ("local" or per-layer clipping).
 
     $$g_i \\leftarrow g_i \\cdot \\min\\left(1, \\frac{c_{t,i}}{\\lVert g_i \\rVert_2}\\right)$$
 
@@ -269,9 +260,17 @@ def clip_by_leaf_norm(
     rule runs element-wise on the vector of leaf norms, so each leaf gets its
     own adaptive threshold (like Keras ``clipnorm``, which clips each
     variable separately). A step counts as non-finite when any leaf's norm is.
-    """
-        + _DOC_COMMON
-        + """
+        ``threshold`` is a float (a fixed threshold), an optax schedule (a callable
+    of the step count) or an [`adaclip.ThresholdRule`][adaclip.ThresholdRule]. The statistic is
+    accumulated in float32 whatever the gradient dtype, and is exact even when
+    a sum of squares would overflow float32 (elements above ~1e19): a
+    rescaled second pass runs then, and only then.
+
+    **Non-finite steps.** When the statistic is NaN or infinite, the rule's
+    state is left untouched and ``nonfinite_count`` goes up; with
+    ``nonfinite="skip"`` (the default) the step's update is all zeros, with
+    ``"propagate"`` the gradients pass through unchanged (NaN included).
+
     Args:
         threshold: a float >= 0, an optax schedule or a rule.
         nonfinite: ``"skip"`` or ``"propagate"``.
@@ -280,7 +279,7 @@ def clip_by_leaf_norm(
 
     Returns:
         An ``optax.GradientTransformationExtraArgs`` whose state is a
-        :class:`adaclip.ClipState` with metrics of shape ``(n_leaves,)``.
+        [`adaclip.ClipState`][adaclip.ClipState] with metrics of shape ``(n_leaves,)``.
 
     Raises:
         TypeError, ValueError: a bad ``threshold`` or ``nonfinite``.
@@ -294,7 +293,6 @@ def clip_by_leaf_norm(
         >>> updates["a"], updates["b"]
         (Array([0.6, 0.8], dtype=float32), Array([0.3, 0.4], dtype=float32))
     """
-    )
     return _make_clipper(
         threshold, nonfinite, axis_name, _numerics.leaf_norms, _norm_scale, _scale_leaf, True
     )
@@ -303,8 +301,7 @@ def clip_by_leaf_norm(
 def clip_by_value(
     threshold: ThresholdLike, *, nonfinite: str = "skip", axis_name: Any = None
 ) -> optax.GradientTransformationExtraArgs:
-    (
-        """Clamps every gradient element to ``[-c_t, c_t]``.
+    """Clamps every gradient element to ``[-c_t, c_t]``.
 
     $$g \\leftarrow \\mathrm{clip}(g, -c_t, c_t)$$
 
@@ -313,9 +310,17 @@ def clip_by_value(
     rule learns a bound on element size (like Keras ``clipvalue`` with a
     threshold that can move). Unlike norm clipping this changes the
     gradient's direction.
-    """
-        + _DOC_COMMON
-        + """
+        ``threshold`` is a float (a fixed threshold), an optax schedule (a callable
+    of the step count) or an [`adaclip.ThresholdRule`][adaclip.ThresholdRule]. The statistic is
+    accumulated in float32 whatever the gradient dtype, and is exact even when
+    a sum of squares would overflow float32 (elements above ~1e19): a
+    rescaled second pass runs then, and only then.
+
+    **Non-finite steps.** When the statistic is NaN or infinite, the rule's
+    state is left untouched and ``nonfinite_count`` goes up; with
+    ``nonfinite="skip"`` (the default) the step's update is all zeros, with
+    ``"propagate"`` the gradients pass through unchanged (NaN included).
+
     Args:
         threshold: a float >= 0, an optax schedule or a rule.
         nonfinite: ``"skip"`` or ``"propagate"``.
@@ -323,7 +328,7 @@ def clip_by_value(
 
     Returns:
         An ``optax.GradientTransformationExtraArgs`` whose state is a
-        :class:`adaclip.ClipState`.
+        [`adaclip.ClipState`][adaclip.ClipState].
 
     Raises:
         TypeError, ValueError: a bad ``threshold`` or ``nonfinite``.
@@ -337,7 +342,6 @@ def clip_by_value(
         >>> updates
         Array([-0.5,  0.1,  0.5], dtype=float32)
     """
-    )
     return _make_clipper(
         threshold, nonfinite, axis_name, _numerics.global_max_abs, _value_bound, _clamp_leaf, False
     )

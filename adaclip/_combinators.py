@@ -28,7 +28,7 @@ def _is_number(x: Any) -> bool:
 
 
 class ClampState(NamedTuple):
-    """State of :func:`adaclip.clamp`: the states of the rule and of its bounds."""
+    """State of [`adaclip.clamp`][adaclip.clamp]: the states of the rule and of its bounds."""
 
     rule: PyTree
     lower: PyTree  # () when there is no lower bound.
@@ -60,7 +60,7 @@ def clamp(
         upper: a float >= 0, a schedule, a rule, or None for no upper bound.
 
     Returns:
-        An :class:`adaclip.ThresholdRule`.
+        An [`adaclip.ThresholdRule`][adaclip.ThresholdRule].
 
     Raises:
         TypeError: an argument is not a number, schedule or rule.
@@ -134,7 +134,7 @@ def minimum(*rules: ThresholdLike) -> ThresholdRule:
         *rules: one or more floats, schedules or rules.
 
     Returns:
-        An :class:`adaclip.ThresholdRule`.
+        An [`adaclip.ThresholdRule`][adaclip.ThresholdRule].
 
     Raises:
         TypeError: no rule given, or an argument is not a number, schedule or rule.
@@ -161,7 +161,7 @@ def maximum(*rules: ThresholdLike) -> ThresholdRule:
         *rules: one or more floats, schedules or rules.
 
     Returns:
-        An :class:`adaclip.ThresholdRule`.
+        An [`adaclip.ThresholdRule`][adaclip.ThresholdRule].
 
     Raises:
         TypeError: no rule given, or an argument is not a number, schedule or rule.
@@ -176,7 +176,7 @@ def maximum(*rules: ThresholdLike) -> ThresholdRule:
 
 
 class WarmupState(NamedTuple):
-    """State of :func:`adaclip.warmup`."""
+    """State of [`adaclip.warmup`][adaclip.warmup]."""
 
     rule: PyTree  # the main rule's state (fed from step 0).
     during: PyTree  # the warm-up rule's state.
@@ -200,7 +200,7 @@ def warmup(rule: ThresholdLike, steps: Any, during: ThresholdLike) -> ThresholdR
         during: the rule used before (a float, schedule or rule).
 
     Returns:
-        An :class:`adaclip.ThresholdRule`.
+        An [`adaclip.ThresholdRule`][adaclip.ThresholdRule].
 
     Raises:
         TypeError: an argument has the wrong type.

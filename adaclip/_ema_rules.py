@@ -15,7 +15,7 @@ FEEDS = ("clipped", "raw")
 
 
 class EmaState(NamedTuple):
-    """State of :func:`adaclip.ema`."""
+    """State of [`adaclip.ema`][adaclip.ema]."""
 
     ema: jax.Array  # float32, statistic's shape: biased EMA of the fed statistics.
     count: jax.Array  # int32, (): statistics fed so far (finite steps taken).
@@ -69,7 +69,7 @@ def ema(
         feed: ``"clipped"`` or ``"raw"``, what enters the EMA.
 
     Returns:
-        An :class:`adaclip.ThresholdRule`.
+        An [`adaclip.ThresholdRule`][adaclip.ThresholdRule].
 
     Raises:
         TypeError: an argument has the wrong type.
@@ -115,7 +115,7 @@ _F32_MAX = float(jnp.finfo(jnp.float32).max)
 
 
 class ZScoreState(NamedTuple):
-    """State of :func:`adaclip.zscore`."""
+    """State of [`adaclip.zscore`][adaclip.zscore]."""
 
     mean: jax.Array  # float32, statistic's shape: running mean (warm-up), then EMA.
     # float32, statistic's shape: during warm-up the sum of squared deviations
@@ -162,7 +162,7 @@ def zscore(
     Statistics with several entries (per-leaf norms) get one $\\mu$, $v$ and
     spike test per entry.
 
-    This is the rule of ZClip (Kumar et al. 2025); :func:`adaclip.zclip` adds
+    This is the rule of ZClip (Kumar et al. 2025); [`adaclip.zclip`][adaclip.zclip] adds
     ZClip's cap ``max_grad_norm`` and clips the global norm. On finite
     statistics it is the original rule, quirks included: ``clip_factor``
     scales the whole bound, and under a sustained upward shift of the
@@ -185,8 +185,8 @@ def zscore(
         skip_update_on_spike: keep spikes out of the EMA (a Python bool).
 
     Returns:
-        An :class:`adaclip.ThresholdRule` whose state is a
-        :class:`adaclip.ZScoreState`.
+        An [`adaclip.ThresholdRule`][adaclip.ThresholdRule] whose state is a
+        [`adaclip.ZScoreState`][adaclip.ZScoreState].
 
     Raises:
         TypeError: an argument has the wrong type.

@@ -58,7 +58,7 @@ def _unwrap(value: Any) -> jax.Array:
 def metrics(opt_state: Any) -> dict[str, jax.Array]:
     """The clip metrics of every adaclip clipper inside an optimizer state.
 
-    Finds every :class:`adaclip.ClipState`, however deeply nested:
+    Finds every [`adaclip.ClipState`][adaclip.ClipState], however deeply nested:
     ``optax.chain``, ``optax.inject_hyperparams``, ``optax.MultiSteps``,
     ``optax.partition``, ``optax.masked`` and a ``flax.nnx.Optimizer``'s
     ``opt_state`` all work. Jittable: no host transfer happens here.

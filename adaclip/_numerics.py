@@ -14,7 +14,7 @@ scaled sum overflows only when the true norm exceeds the float32 range
 (``inf`` is then the right answer).
 
 How the passes are laid out in the compiled program (for compile time and
-speed on XLA:CPU) is described in :func:`_measure`.
+speed on XLA:CPU) is described in `_measure`.
 """
 
 from __future__ import annotations
@@ -148,7 +148,7 @@ def global_norm(leaves: Sequence[jax.Array], axis_name=None, then=None):
 
     With ``axis_name`` the squared norms are summed over that mapped axis
     (``shard_map``/``pmap``), so every device gets the true global norm.
-    Returns ``(norm, then(norm))`` (see :func:`_measure`).
+    Returns ``(norm, then(norm))`` (see `_measure`).
     """
     leaves = list(leaves)
 
@@ -167,7 +167,7 @@ def global_norm(leaves: Sequence[jax.Array], axis_name=None, then=None):
 def leaf_norms(leaves: Sequence[jax.Array], axis_name=None, then=None):
     """One L2 norm per leaf, float32 ``(n_leaves,)``, overflow-safe.
 
-    Returns ``(norms, then(norms))`` (see :func:`_measure`).
+    Returns ``(norms, then(norms))`` (see `_measure`).
     """
     leaves = list(leaves)
     if not leaves:
@@ -218,7 +218,7 @@ def global_max_abs(leaves: Sequence[jax.Array], axis_name=None, then=None):
       compile time grows faster than linearly with their number.
 
     Returns ``(max, then(max))``, computed in the same kind of loop as the
-    norms (see :func:`_measure`); a max cannot overflow, so the loop makes a
+    norms (see `_measure`); a max cannot overflow, so the loop makes a
     second, identical trip only on a NaN step, where it changes nothing.
     """
     leaves = list(leaves)

@@ -34,8 +34,8 @@ def plot_trace(
     marked with an ``x`` along the bottom of the plot.
 
     Args:
-        statistics: the statistics given to :func:`adaclip.replay`.
-        trace: the :class:`adaclip.Trace` it returned.
+        statistics: the statistics given to [`adaclip.replay`][adaclip.replay].
+        trace: the [`adaclip.Trace`][adaclip.Trace] it returned.
         ax: a matplotlib ``Axes`` to draw on; a new figure when None.
         leaf: for per-leaf (2-D) statistics, which leaf to draw (required).
         label: a title for the axes, e.g. the rule's name.
@@ -110,7 +110,7 @@ def plot_sweep(
     With ``y=None``, a line of ``value`` against ``x`` instead.
 
     Args:
-        table: a table from :func:`adaclip.sweep` whose grid has (at least)
+        table: a table from [`adaclip.sweep`][adaclip.sweep] whose grid has (at least)
             the parameters ``x`` and ``y``; with more, each cell shows the
             mean over the others (``inf`` if any of them is ``inf``).
         x: the parameter name for the horizontal axis.

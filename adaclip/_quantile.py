@@ -18,7 +18,7 @@ _HIGH = float(jnp.finfo(jnp.float32).max)
 
 
 class QuantileState(NamedTuple):
-    """State of :func:`adaclip.quantile`."""
+    """State of [`adaclip.quantile`][adaclip.quantile]."""
 
     estimate: jax.Array  # float32, statistic's shape: the current quantile estimate C.
 
@@ -51,8 +51,8 @@ def quantile(target: Any, *, learning_rate: Any = 0.2, initial: Any = 1.0) -> Th
         initial: $C_0 > 0$, the first threshold.
 
     Returns:
-        An :class:`adaclip.ThresholdRule` whose state is a
-        :class:`adaclip.QuantileState`.
+        An [`adaclip.ThresholdRule`][adaclip.ThresholdRule] whose state is a
+        [`adaclip.QuantileState`][adaclip.QuantileState].
 
     Raises:
         TypeError: an argument has the wrong type.

@@ -61,7 +61,8 @@ def autoclip(
       \\lVert g_t\\rVert\\right),\\qquad
       g_t \\leftarrow g_t \\min\\left(1, \\frac{c_t}{\\lVert g_t\\rVert + 10^{-6}}\\right)$$
 
-    :func:`adaclip.clip_by_global_norm` with :func:`adaclip.percentile` and
+    [`adaclip.clip_by_global_norm`][adaclip.clip_by_global_norm] with
+    [`adaclip.percentile`][adaclip.percentile] and
     PyTorch's rescaling (Seetharaman et al. 2020, defaults from the paper:
     $p = 10$). The current norm is part of the history, so at step 0 the
     threshold is the first norm itself. With ``window`` at least the number
@@ -82,12 +83,12 @@ def autoclip(
         percentile: $p \\in [0, 100]$.
         window: $w$, a Python int >= 1, the number of past norms kept.
         nonfinite: ``"skip"`` or ``"propagate"``, see
-            :func:`adaclip.clip_by_global_norm`.
+            [`adaclip.clip_by_global_norm`][adaclip.clip_by_global_norm].
         axis_name: the mapped axis the gradients are split over, if any.
 
     Returns:
         An ``optax.GradientTransformationExtraArgs`` whose state is a
-        :class:`adaclip.ClipState`.
+        [`adaclip.ClipState`][adaclip.ClipState].
 
     Raises:
         TypeError, ValueError: a bad argument.
@@ -108,7 +109,8 @@ def autoclip(
 
 
 def _autoclip_rule(percentile: Any = 10.0, window: int = 10_000) -> ThresholdRule:
-    """AutoClip's rule as :func:`autoclip` applies it (the CLI replays it too)."""
+    """AutoClip's rule as [`adaclip.autoclip`][adaclip.autoclip] applies it
+    (the CLI replays it too)."""
     _validation.check_real("percentile", percentile, low=0.0, high=100.0)
     return _with_eps(percentile_rule(percentile, window), always=True)
 
@@ -128,7 +130,8 @@ def zclip(
 ) -> optax.GradientTransformationExtraArgs:
     """ZClip: clip global-norm spikes detected by a z-score against an EMA.
 
-    :func:`adaclip.clip_by_global_norm` with :func:`adaclip.zscore` (see it
+    [`adaclip.clip_by_global_norm`][adaclip.clip_by_global_norm] with
+    [`adaclip.zscore`][adaclip.zscore] (see it
     for the maths) under the cap ``max_norm``, ZClip's ``max_grad_norm``:
     the bound applied at step $t$ is $\\min(c_t, M)$ with $c_t$ the z-score
     bound on a spike and the norm itself otherwise, and the gradient is
@@ -166,7 +169,7 @@ def zclip(
 
     Returns:
         An ``optax.GradientTransformationExtraArgs`` whose state is a
-        :class:`adaclip.ClipState`.
+        [`adaclip.ClipState`][adaclip.ClipState].
 
     Raises:
         TypeError, ValueError: a bad argument.
@@ -204,7 +207,7 @@ def _zclip_rule(
     clip_factor: Any = 1.0,
     skip_update_on_spike: bool = False,
 ) -> ThresholdRule:
-    """ZClip's rule as :func:`zclip` applies it (the CLI replays it too)."""
+    """ZClip's rule as [`adaclip.zclip`][adaclip.zclip] applies it (the CLI replays it too)."""
     rule = zscore(
         alpha,
         z_thresh,
@@ -221,7 +224,7 @@ def _zclip_rule(
 
 
 class AdaGCState(NamedTuple):
-    """State of AdaGC's rule inside :func:`adaclip.adagc`'s ``ClipState``."""
+    """State of AdaGC's rule inside [`adaclip.adagc`][adaclip.adagc]'s ``ClipState``."""
 
     gamma: jax.Array  # float32, (n_leaves,): each leaf's reference norm.
     count: jax.Array  # int32, (): finite steps taken so far.
@@ -297,7 +300,7 @@ def adagc(
 
     so a leaf's threshold can grow by at most a factor $\\beta + (1-\\beta)r$
     a step. Defaults are the paper's (Wang et al. 2025). Built on
-    :func:`adaclip.clip_by_leaf_norm`: the metrics have one entry per leaf;
+    [`adaclip.clip_by_leaf_norm`][adaclip.clip_by_leaf_norm]: the metrics have one entry per leaf;
     the threshold metric is the norm each leaf is clipped to (its post-clip
     norm during warm-up when the global clip cuts, $r\\gamma_i
     \\lVert g_i\\rVert/(\\lVert g_i\\rVert + 10^{-6})$ after warm-up when the
@@ -321,7 +324,7 @@ def adagc(
 
     Returns:
         An ``optax.GradientTransformationExtraArgs`` whose state is a
-        :class:`adaclip.ClipState` with per-leaf metrics.
+        [`adaclip.ClipState`][adaclip.ClipState] with per-leaf metrics.
 
     Raises:
         TypeError, ValueError: a bad argument.

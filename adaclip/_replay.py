@@ -14,7 +14,7 @@ from adaclip._base import ThresholdLike, as_f32, as_rule, step_rule
 class Trace(NamedTuple):
     """What a clipper running a rule does, step by step, on a recorded sequence.
 
-    Every field has the shape of the statistics given to :func:`adaclip.replay`
+    Every field has the shape of the statistics given to [`adaclip.replay`][adaclip.replay]
     (``(steps,)`` for a global statistic, ``(steps, n_leaves)`` per leaf),
     except ``finite``, which has one entry per step.
     """
@@ -47,14 +47,14 @@ def replay(rule: ThresholdLike, statistics: Any) -> Trace:
     accept traced hyper-parameters; window sizes must stay Python ints).
 
     Args:
-        rule: an :class:`adaclip.ThresholdRule`, a float (a fixed threshold) or
+        rule: an [`adaclip.ThresholdRule`][adaclip.ThresholdRule], a float (a fixed threshold) or
             an optax schedule.
         statistics: the recorded statistics, e.g. the ``norm`` metric of each
             step: shape ``(steps,)`` for a global rule (``clip_by_global_norm``,
             ``clip_by_value``), ``(steps, n_leaves)`` for ``clip_by_leaf_norm``.
 
     Returns:
-        A :class:`adaclip.Trace`.
+        A [`adaclip.Trace`][adaclip.Trace].
 
     Raises:
         ValueError: ``statistics`` is not 1-D or 2-D.

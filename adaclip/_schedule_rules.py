@@ -35,7 +35,7 @@ def fixed(value: Any) -> ThresholdRule:
             clipped to zero (a zero gradient stays zero, never NaN).
 
     Returns:
-        An :class:`adaclip.ThresholdRule`.
+        An [`adaclip.ThresholdRule`][adaclip.ThresholdRule].
 
     Raises:
         TypeError: ``value`` is not a real number.
@@ -78,7 +78,7 @@ def scheduled(schedule: Schedule) -> ThresholdRule:
             clipped to 0 so a schedule that decays to 0 never gives NaN.
 
     Returns:
-        An :class:`adaclip.ThresholdRule`.
+        An [`adaclip.ThresholdRule`][adaclip.ThresholdRule].
 
     Raises:
         TypeError: ``schedule`` is not callable.
@@ -123,7 +123,7 @@ def decaying(
         floor: the threshold never goes below this value (>= 0).
 
     Returns:
-        An :class:`adaclip.ThresholdRule`.
+        An [`adaclip.ThresholdRule`][adaclip.ThresholdRule].
 
     Raises:
         TypeError: an argument is not a real number.

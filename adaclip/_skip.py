@@ -14,7 +14,7 @@ from adaclip._clippers import ClipState
 
 
 class SkipState(NamedTuple):
-    """State of :func:`adaclip.skip_bad_steps`."""
+    """State of [`adaclip.skip_bad_steps`][adaclip.skip_bad_steps]."""
 
     inner_state: PyTree  # the wrapped optimizer's state.
     skipped: jax.Array  # bool, (): whether the last step was skipped.
@@ -75,7 +75,7 @@ def skip_bad_steps(
 
     Returns:
         An ``optax.GradientTransformationExtraArgs`` whose state is a
-        :class:`adaclip.SkipState`; ``adaclip.metrics`` still finds the
+        [`adaclip.SkipState`][adaclip.SkipState]; ``adaclip.metrics`` still finds the
         clippers inside it.
 
     Raises:

@@ -1,7 +1,7 @@
 """Host-side tuning helpers: summaries, sweeps, suggestions and recording.
 
 Nothing here runs inside a training step: these functions call
-:func:`adaclip.replay` (jitted and vmapped) on recorded statistics and bring
+[`adaclip.replay`][adaclip.replay] (jitted and vmapped) on recorded statistics and bring
 the results back to NumPy.
 """
 
@@ -64,7 +64,8 @@ _summary_jit = jax.jit(_summary, static_argnums=(1, 2, 3))
 
 
 def _steps_to_adapt(trace: Trace, t0: int, window: int, tolerance: float) -> jax.Array:
-    """See :func:`summarize`. ``t0`` and ``window`` are static Python ints."""
+    """See [`adaclip.summarize`][adaclip.summarize]. ``t0`` and ``window`` are static
+    Python ints."""
     steps = trace.finite.shape[0]
     finite = trace.finite.astype(jnp.float32)
     clipped = (trace.clipped.reshape(steps, -1).any(axis=1) & trace.finite).astype(jnp.float32)
@@ -133,7 +134,7 @@ def summarize(
     Values are NaN where there is no finite step.
 
     Args:
-        trace: a :class:`adaclip.Trace` from :func:`adaclip.replay`.
+        trace: a [`adaclip.Trace`][adaclip.Trace] from [`adaclip.replay`][adaclip.replay].
         shift_at: the step of a level shift, or None.
         adapt_window: $W$, an int >= 1.
         adapt_tolerance: $\\epsilon \\ge 0$.
@@ -194,14 +195,14 @@ def sweep(
     """Replays every configuration of a grid over a trace and tabulates them.
 
     The grid is the Cartesian product of ``grid``'s values (the last name
-    varies fastest). Configurations are replayed with :func:`adaclip.replay`
+    varies fastest). Configurations are replayed with [`adaclip.replay`][adaclip.replay]
     under ``jax.vmap``, ``chunk_size`` at a time, one compilation per
     combination of ``static`` values: put window sizes (which fix array
     shapes) in ``static``; names with string, boolean or None values are
     static too; every other hyper-parameter is traced.
 
     Each row holds the configuration and the summary of its trace, as
-    :func:`adaclip.summarize` defines it: ``clip_rate``, ``mean_threshold``,
+    [`adaclip.summarize`][adaclip.summarize] defines it: ``clip_rate``, ``mean_threshold``,
     ``max_threshold``, ``max_let_through`` and, with ``shift_at``,
     ``steps_to_adapt``.
 
@@ -213,8 +214,8 @@ def sweep(
         grid: ``{name: values}``. Integer values stay integers.
         static: names in ``grid`` passed as Python values, not traced.
         shift_at: the step of a level shift, for ``steps_to_adapt``.
-        adapt_window: see :func:`adaclip.summarize`.
-        adapt_tolerance: see :func:`adaclip.summarize`.
+        adapt_window: see [`adaclip.summarize`][adaclip.summarize].
+        adapt_tolerance: see [`adaclip.summarize`][adaclip.summarize].
         chunk_size: configurations replayed at once (bounds memory).
 
     Returns:
@@ -304,7 +305,7 @@ def format_table(table: Mapping[str, Any], *, precision: int = 4) -> str:
     """Formats a table (a dict of equal-length columns) as aligned text.
 
     Args:
-        table: e.g. the result of :func:`adaclip.sweep`.
+        table: e.g. the result of [`adaclip.sweep`][adaclip.sweep].
         precision: significant digits of floats.
 
     Returns:
@@ -485,15 +486,15 @@ _LEAF_COLUMN = re.compile(r"^(.*)\[(\d+)\]$")
 class Recorder:
     """Records per-step clip metrics of a training run, to save as CSV or .npy.
 
-    Call :meth:`record` after each step with ``adaclip.metrics(opt_state)``
+    Call `record` after each step with ``adaclip.metrics(opt_state)``
     (and any other scalars, e.g. the loss). Recording keeps device arrays and
     never waits for the device; they are brought to the host when you call
-    :meth:`arrays` or :meth:`save`.
+    `arrays` or `save`.
 
     Metrics record the last *finite* norm on a non-finite step; the recorder
     writes NaN there instead (for every ``norm`` whose ``nonfinite_count``
     went up at that step, counting from 0 before the first recorded step),
-    so that :func:`adaclip.replay` over the recorded ``norm`` column sees
+    so that [`adaclip.replay`][adaclip.replay] over the recorded ``norm`` column sees
     the same sequence the rule saw in training.
 
     Examples:
@@ -558,7 +559,7 @@ class Recorder:
         CSV has one column per scalar and ``name[i]`` columns for per-leaf
         metrics; ``.npy`` holds a NumPy structured array (one field per name,
         loadable with ``np.load`` without pickle). Read either back with
-        :func:`adaclip.load_record`.
+        [`adaclip.load_record`][adaclip.load_record].
 
         Raises:
             ValueError: an unknown suffix.
@@ -607,7 +608,7 @@ def load_record(path: str | pathlib.Path) -> dict[str, np.ndarray]:
     (empty cells become NaN), other columns arrays of strings; ``name[0]``,
     ``name[1]``, ... columns are gathered into one 2-D array ``name`` of
     shape ``(steps, n_leaves)``. A ``.npy`` file holds either a structured
-    array (as :meth:`adaclip.Recorder.save` writes) or a plain 1-D or 2-D
+    array (as [`adaclip.Recorder.save`][adaclip.Recorder.save] writes) or a plain 1-D or 2-D
     numeric array, returned as ``{"norm": array}``.
 
     Args:

@@ -70,7 +70,7 @@ def moving_average(multiplier: Any, window: int, *, feed: str = "raw") -> Thresh
         feed: ``"raw"`` or ``"clipped"``, what enters the window.
 
     Returns:
-        An :class:`adaclip.ThresholdRule`.
+        An [`adaclip.ThresholdRule`][adaclip.ThresholdRule].
 
     Raises:
         TypeError: an argument has the wrong type.
@@ -114,7 +114,8 @@ _EMPTY = float(jnp.finfo(jnp.float32).max)
 
 
 class PercentileState(NamedTuple):
-    """State of :func:`adaclip.percentile`: a ring buffer and a sorted copy of it."""
+    """State of [`adaclip.percentile`][adaclip.percentile]: a ring buffer and a sorted
+    copy of it."""
 
     buffer: jax.Array  # float32, (window, *statistic.shape): statistics in arrival order.
     sorted: jax.Array  # float32, (window, *statistic.shape): the same, ascending; tail = max.
@@ -188,8 +189,8 @@ def percentile(p: Any, window: int) -> ThresholdRule:
         window: $w$, a Python int >= 1 (static: it sets the buffer's size).
 
     Returns:
-        An :class:`adaclip.ThresholdRule` whose state is a
-        :class:`adaclip.PercentileState`.
+        An [`adaclip.ThresholdRule`][adaclip.ThresholdRule] whose state is a
+        [`adaclip.PercentileState`][adaclip.PercentileState].
 
     Raises:
         TypeError: an argument has the wrong type.

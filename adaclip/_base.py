@@ -1,4 +1,5 @@
-"""The threshold-rule protocol and the one place where a rule is stepped.
+"""The threshold-rule protocol, the rules every threshold can become, and the
+one place where a rule is stepped.
 
 A *threshold rule* turns a stream of statistics (a gradient norm, one norm per
 leaf, or a max absolute value) into a stream of clipping thresholds. It never
@@ -8,29 +9,57 @@ sees gradients. It is a pair of pure functions, like an optax transformation:
   the statistic's shape (``()`` for global clipping, ``(n_leaves,)`` for
   per-leaf clipping); the rule sizes its state from it.
 - ``update(statistic, state) -> (threshold, new_state)``: the threshold for
-  this step, same shape as ``statistic``, float32.
+  this step, same shape as ``statistic``, float32 (or float64, for a fixed or
+  scheduled threshold under ``jax_enable_x64``).
 
 Rules work element-wise on the statistic's shape, so every rule serves every
-clipper. The clipper, not the rule, guards against non-finite statistics: see
-`step_rule`.
+clipper. The clipper, not the rule, guards against non-finite statistics and
+NaN thresholds: see `step_rule`.
+
+This module sits on the bottom floor: it imports only `_validation`. The
+rules that every threshold can become (a constant and a schedule of the step
+count) are built here, so that `as_rule` needs nothing above it;
+``adaclip.fixed`` and ``adaclip.scheduled`` validate their arguments and call
+them.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, NamedTuple, TypeAlias
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+import optax
 
 from adaclip import _validation
 
 PyTree: TypeAlias = Any
 Schedule: TypeAlias = Callable[[jax.Array], Any]
 
+# The largest float32: the "empty" filler of sorted windows and the cap of
+# estimates that must stay finite.
+F32_MAX = float(jnp.finfo(jnp.float32).max)
+# What a rule feeds itself: the clipped statistic or the raw one.
+FEEDS = ("clipped", "raw")
 
-class ThresholdRule(NamedTuple):
+
+class _RuleFields(NamedTuple):
+    init: Callable[[jax.Array], PyTree]
+    update: Callable[[jax.Array, PyTree], tuple[jax.Array, PyTree]]
+
+
+class ThresholdRule(_RuleFields):
     """A threshold rule: pure ``init`` and ``update`` functions.
+
+    A rule is not a gradient transformation: pass it to a clipper
+    ([`adaclip.clip_by_global_norm`][adaclip.clip_by_global_norm] and the
+    others). Its ``init`` checks that it got a statistic (a float array of at
+    most one dimension), so a rule chained by mistake as a transformation
+    (``optax.chain(adaclip.ema(2.0, 0.99), optax.adam(1e-3))``) fails at
+    ``init`` with a message that says so.
 
     Attributes:
         init: ``init(statistic) -> state``. ``statistic`` is a float32 array of
@@ -52,8 +81,43 @@ class ThresholdRule(NamedTuple):
         >>> tx = adaclip.clip_by_global_norm(halving)
     """
 
-    init: Callable[[jax.Array], PyTree]
-    update: Callable[[jax.Array, PyTree], tuple[jax.Array, PyTree]]
+    __slots__ = ()
+
+    def __new__(cls, init: Callable[[jax.Array], PyTree], update: Callable[..., Any]):
+        return super().__new__(cls, _checked_init(init), update)
+
+
+def _checked_init(init: Callable[[jax.Array], PyTree]) -> Callable[[jax.Array], PyTree]:
+    """``init`` wrapped so that it rejects anything but a statistic."""
+    if getattr(init, "_adaclip_checked", False) or not callable(init):
+        return init
+
+    def checked(statistic, *args, **kwargs):
+        if args or kwargs or not _is_statistic(statistic):
+            raise TypeError(
+                "a ThresholdRule's init takes the statistic (a float array of zeros, "
+                f"shape () or (n_leaves,)), got {_describe(statistic)}. A rule is not a "
+                "gradient transformation: pass it to a clipper, e.g. "
+                "adaclip.clip_by_global_norm(rule), instead of chaining it."
+            )
+        return init(statistic)
+
+    checked._adaclip_checked = True  # type: ignore[attr-defined]
+    checked.__wrapped__ = init  # type: ignore[attr-defined]
+    return checked
+
+
+def _is_statistic(x: Any) -> bool:
+    if not isinstance(x, jax.Array | np.ndarray):
+        return False
+    return jnp.issubdtype(x.dtype, jnp.floating) and x.ndim <= 1
+
+
+def _describe(x: Any) -> str:
+    shape = getattr(x, "shape", None)
+    if shape is not None:
+        return f"a {type(x).__name__} of shape {tuple(shape)} and dtype {x.dtype}"
+    return f"a {type(x).__name__}"
 
 
 ThresholdLike: TypeAlias = float | jax.Array | Schedule | ThresholdRule
@@ -64,16 +128,116 @@ def as_f32(x: Any) -> jax.Array:
     return jnp.asarray(x).astype(jnp.float32)
 
 
-def as_rule(threshold: ThresholdLike, name: str = "threshold") -> ThresholdRule:
-    """Turns a float, an optax schedule or a rule into a
-    [`adaclip.ThresholdRule`][adaclip.ThresholdRule]."""
-    # Imported here: the rule modules import this one.
-    from adaclip._schedule_rules import fixed, scheduled
+def as_threshold(x: Any) -> jax.Array:
+    """``x`` as a float array at least as wide as float32.
 
+    A Python float becomes float64 under ``jax_enable_x64`` (so a fixed
+    threshold is used at full precision on float64 gradients), float32
+    otherwise; bfloat16, float16 and integers become float32.
+    """
+    x = jnp.asarray(x)
+    if not jnp.issubdtype(x.dtype, jnp.floating) or jnp.finfo(x.dtype).bits < 32:
+        return x.astype(jnp.float32)
+    return x
+
+
+class FixedState(NamedTuple):
+    """``fixed`` keeps no state."""
+
+
+class ScheduleState(NamedTuple):
+    """State of ``scheduled`` and ``decaying``."""
+
+    count: jax.Array  # int32, (): finite steps taken so far.
+
+
+def constant_rule(value: Any) -> ThresholdRule:
+    """The rule of a constant threshold (unvalidated: see ``adaclip.fixed``)."""
+
+    def init_fn(statistic):
+        del statistic
+        return FixedState()
+
+    def update_fn(statistic, state):
+        return jnp.broadcast_to(as_threshold(value), jnp.shape(statistic)), state
+
+    return ThresholdRule(init_fn, update_fn)
+
+
+def schedule_rule(schedule: Schedule) -> ThresholdRule:
+    """The rule of a schedule of the step count (unvalidated: see
+    ``adaclip.scheduled``). Values below 0 become 0."""
+
+    def init_fn(statistic):
+        del statistic
+        return ScheduleState(count=jnp.zeros([], jnp.int32))
+
+    def update_fn(statistic, state):
+        threshold = as_threshold(schedule(state.count))
+        threshold = jnp.maximum(threshold, jnp.zeros([], threshold.dtype))
+        threshold = jnp.broadcast_to(threshold, jnp.shape(statistic))
+        return threshold, ScheduleState(count=optax.safe_increment(state.count))
+
+    return ThresholdRule(init_fn, update_fn)
+
+
+def check_schedule(name: str, schedule: Callable[..., Any]) -> None:
+    """Checks that a callable is a schedule: called on an int32 step count it
+    returns a real scalar. Catches an uncalled rule factory
+    (``adaclip.ema``) or a rule's own function passed as a threshold."""
+    kind = (
+        f"{name} must be a number, an optax schedule (a callable of the int32 step count "
+        "returning a scalar) or an adaclip.ThresholdRule"
+    )
+    try:
+        out = jax.eval_shape(schedule, jax.ShapeDtypeStruct((), jnp.int32))
+    except Exception as err:  # noqa: BLE001 (any failure means "not a schedule")
+        raise TypeError(
+            f"{kind}, got {schedule!r}, which fails when called on a step count "
+            f"({type(err).__name__}: {err}). Was a rule factory passed uncalled?"
+        ) from None
+    shape = getattr(out, "shape", None)
+    dtype = getattr(out, "dtype", None)
+    real = dtype is not None and (
+        jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)
+    )
+    if shape != () or not real:
+        raise TypeError(
+            f"{kind}, got {schedule!r}, which returns {out!r} for a step count instead of "
+            "a real scalar. Was a rule factory passed uncalled?"
+        )
+
+
+def _is_posinf(x: Any) -> bool:
+    """A concrete ``+inf`` (a clipper's "measure only" threshold)."""
+    if _validation.is_traced(x) or isinstance(x, bool | str) or x is None:
+        return False
+    try:
+        arr = np.asarray(x)
+    except Exception:  # noqa: BLE001
+        return False
+    if arr.size != 1 or arr.dtype.kind not in "f":
+        return False
+    return math.isinf(float(arr.reshape(()))) and float(arr.reshape(())) > 0
+
+
+def as_rule(
+    threshold: ThresholdLike, name: str = "threshold", *, allow_inf: bool = False
+) -> ThresholdRule:
+    """Turns a float, an optax schedule or a rule into a
+    [`adaclip.ThresholdRule`][adaclip.ThresholdRule].
+
+    ``name`` is the argument's name in error messages. With ``allow_inf``
+    (a clipper's own threshold), ``math.inf`` is accepted and means
+    "measure only": no bound at any step.
+    """
     if isinstance(threshold, ThresholdRule):
         return threshold
     if callable(threshold):
-        return scheduled(threshold)
+        check_schedule(name, threshold)
+        return schedule_rule(threshold)
+    if allow_inf and _is_posinf(threshold):
+        return constant_rule(math.inf)
     try:
         _validation.check_nonnegative(name, threshold)
     except TypeError:
@@ -81,7 +245,7 @@ def as_rule(threshold: ThresholdLike, name: str = "threshold") -> ThresholdRule:
             f"{name} must be a number, an optax schedule or an adaclip.ThresholdRule, "
             f"got {threshold!r}."
         ) from None
-    return fixed(threshold)
+    return constant_rule(threshold)
 
 
 def tree_select(pred: jax.Array, on_true: PyTree, on_false: PyTree) -> PyTree:
@@ -92,17 +256,27 @@ def tree_select(pred: jax.Array, on_true: PyTree, on_false: PyTree) -> PyTree:
 def step_rule(
     rule: ThresholdRule, statistic: jax.Array, state: PyTree
 ) -> tuple[jax.Array, PyTree, jax.Array]:
-    """Steps ``rule`` once, keeping a non-finite statistic out of its state.
+    """Steps ``rule`` once, keeping a bad step out of its state.
 
-    Returns ``(threshold, new_state, finite)``. When any entry of
-    ``statistic`` is NaN or infinite, ``finite`` is False and ``new_state`` is
-    ``state`` unchanged; the threshold returned for such a step is not
-    meaningful and callers replace it. Clippers and offline replay both step
-    rules through this function, so they agree step for step.
+    Returns ``(threshold, new_state, finite)``. The rule sees the statistic
+    in float32. A step is *finite* when every entry of ``statistic`` is
+    finite and the rule's threshold has no NaN (a ``+inf`` threshold is
+    allowed: no bound this step); otherwise ``finite`` is False and
+    ``new_state`` is ``state`` unchanged, and the threshold returned is not
+    meaningful (callers replace it). The threshold is float32, or float64 when
+    the rule gives float64 (a fixed threshold under ``jax_enable_x64``).
+    Clippers and offline replay both step rules through this function, so
+    they agree step for step.
     """
     statistic = as_f32(statistic)
-    finite = jnp.all(jnp.isfinite(statistic))
     threshold, new_state = rule.update(statistic, state)
-    threshold = jnp.broadcast_to(as_f32(threshold), statistic.shape)
+    threshold = jnp.broadcast_to(as_threshold(threshold), statistic.shape)
+    finite = jnp.all(jnp.isfinite(statistic)) & ~jnp.any(jnp.isnan(threshold))
     new_state = tree_select(finite, new_state, state)
     return threshold, new_state, finite
+
+
+def reported_threshold(threshold: jax.Array, statistic: jax.Array) -> jax.Array:
+    """The threshold a metric records: the statistic where there is no bound
+    (``+inf``), so the metric stays finite and nothing is cut."""
+    return jnp.where(jnp.isposinf(threshold), statistic.astype(threshold.dtype), threshold)

@@ -12,7 +12,7 @@ import optax
 from jax import lax
 
 from adaclip import _numerics, _validation
-from adaclip._base import PyTree, ThresholdLike, as_rule, step_rule
+from adaclip._base import PyTree, ThresholdLike, as_f32, as_rule, reported_threshold, step_rule
 
 NONFINITE = ("skip", "propagate")
 
@@ -36,39 +36,47 @@ class ClipState(NamedTuple):
     rule_state: PyTree  # the threshold rule's own state.
 
 
-def _make_clipper(
-    threshold: ThresholdLike,
-    nonfinite: str,
-    axis_name: Any,
-    statistic_fn: Callable[[list[jax.Array], Any], jax.Array],
-    factor_fn: Callable[[jax.Array, jax.Array], jax.Array],
-    apply_fn: Callable[[jax.Array, jax.Array, jax.Array], jax.Array],
-    per_leaf: bool,
-) -> optax.GradientTransformationExtraArgs:
-    """The machinery shared by all clippers.
+class _ClipperSpec(NamedTuple):
+    """What makes one clipper: its statistic, its factor and how a leaf is clipped.
 
-    ``statistic_fn(leaves, axis_name)`` returns the float32 statistic;
-    ``factor_fn(statistic, bound)`` turns it and the bound into the float32
-    factor the leaves need (a scale, or the clamp bound), on the whole
-    statistic at once; ``apply_fn(g, factor, keep)`` returns the clipped leaf
-    ``g`` from its entry of the factor and whether the step is kept (False
-    zeroes the leaf).
+    ``statistic(leaves, axis_name, step)`` measures the statistic (float32,
+    or float64 with a float64 leaf) and runs ``step`` on it (see
+    `_numerics._measure`); ``factor(statistic, bound)`` turns it and the
+    rule's bound into what the leaves need (a scale, or the clamp bound), on
+    the whole statistic at once; ``clip_leaf(g, factor, keep_update)``
+    returns the clipped leaf ``g`` from its entry of the factor
+    (``keep_update=False`` zeroes it); ``per_leaf`` says whether the
+    statistic has one entry per leaf; ``complex_ok`` whether complex leaves
+    can be clipped.
     """
+
+    statistic: Callable[..., tuple[jax.Array, Any]]
+    factor: Callable[[jax.Array, jax.Array], jax.Array]
+    clip_leaf: Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
+    per_leaf: bool
+    complex_ok: bool
+    name: str
+
+
+def _make_clipper(
+    spec: _ClipperSpec, *, threshold: ThresholdLike, nonfinite: str, axis_name: Any
+) -> optax.GradientTransformationExtraArgs:
+    """The machinery shared by all clippers (see `_ClipperSpec`)."""
     _validation.check_choice("nonfinite", nonfinite, NONFINITE)
-    rule = as_rule(threshold)
+    rule = as_rule(threshold, allow_inf=True)
 
     def init_fn(params):
         leaves = jax.tree.leaves(params)
-        shape = (len(leaves),) if per_leaf else ()
-        zeros = jnp.zeros(shape, jnp.float32)
+        shape = (len(leaves),) if spec.per_leaf else ()
+        # Each field its own buffer, so that the state can be donated.
         return ClipState(
-            norm=zeros,
-            threshold=zeros,
+            norm=jnp.zeros(shape, jnp.float32),
+            threshold=jnp.zeros(shape, jnp.float32),
             clipped=jnp.zeros(shape, jnp.bool_),
-            clip_rate=zeros,
+            clip_rate=jnp.zeros(shape, jnp.float32),
             nonfinite_count=jnp.zeros([], jnp.int32),
             count=jnp.zeros([], jnp.int32),
-            rule_state=rule.init(zeros),
+            rule_state=rule.init(jnp.zeros(shape, jnp.float32)),
         )
 
     def update_fn(updates, state, params=None, **extra_args):
@@ -76,37 +84,51 @@ def _make_clipper(
         leaves, treedef = jax.tree.flatten(updates)
         # Integer, bool and float0 leaves carry no gradient: they count as a
         # zero statistic and pass through untouched.
-        is_float = [_is_float(g) for g in leaves]
+        clippable = [_is_inexact(g) for g in leaves]
+        if not spec.complex_ok and any(
+            c and jnp.issubdtype(g.dtype, jnp.complexfloating)
+            for g, c in zip(leaves, clippable, strict=True)
+        ):
+            raise ValueError(
+                f"{spec.name} cannot clip complex gradients: complex numbers have no "
+                "order (optax.clip raises too). Use clip_by_global_norm or clip_by_leaf_norm, "
+                "which clip by modulus, or clip the real and imaginary parts separately."
+            )
         zero = jnp.zeros([], jnp.float32)
-        stat_leaves = [g if f else zero for g, f in zip(leaves, is_float, strict=True)]
+        stat_leaves = [g if c else zero for g, c in zip(leaves, clippable, strict=True)]
 
         def step(stat):
             # The rule's step and the clip factor, from the statistic. Run
             # inside the statistic's loop (see _numerics._measure), so that
             # XLA computes these scalars once instead of fusing a copy into
             # every leaf's optimizer loop.
-            new_threshold, rule_state, finite = step_rule(rule, stat, state.rule_state)
-            threshold = jnp.where(finite, new_threshold, state.threshold)
+            rule_threshold, rule_state, finite = step_rule(rule, stat, state.rule_state)
+            wide = jnp.promote_types(stat.dtype, rule_threshold.dtype)
+            stat_w, rule_threshold = stat.astype(wide), rule_threshold.astype(wide)
             # A non-finite step is zeroed ("skip") or let through untouched
-            # ("propagate": an infinite threshold makes the clip the identity).
-            bound = jnp.where(finite, new_threshold, jnp.inf)
-            # One float32 factor per statistic entry, on the whole vector.
-            return factor_fn(stat, bound), threshold, rule_state, finite
+            # ("propagate": an infinite bound makes the clip the identity). A
+            # +inf threshold is no bound this step ("measure only").
+            bound = jnp.where(finite, rule_threshold, jnp.inf)
+            clipped = finite & (stat_w > bound)
+            reported = as_f32(reported_threshold(rule_threshold, stat_w))
+            threshold = jnp.where(finite, reported, state.threshold)
+            return spec.factor(stat_w, bound), threshold, clipped, rule_state, finite
 
-        stat, (factor, threshold, rule_state, finite) = statistic_fn(stat_leaves, axis_name, step)
-        clipped = finite & (stat > threshold)
-        keep = jnp.asarray(True) if nonfinite == "propagate" else finite
+        stat, (factor, threshold, clipped, rule_state, finite) = spec.statistic(
+            stat_leaves, axis_name, step
+        )
+        keep_update = jnp.asarray(True) if nonfinite == "propagate" else finite
         # Each leaf reads its own entry of the factor as a separate scalar.
-        factors = _entries(factor) if per_leaf else [factor] * len(leaves)
+        factors = _entries(factor) if spec.per_leaf else [factor] * len(leaves)
         new_leaves = [
-            apply_fn(g, factor, keep) if f else g
-            for g, f, factor in zip(leaves, is_float, factors, strict=True)
+            spec.clip_leaf(g, leaf_factor, keep_update) if c else g
+            for g, c, leaf_factor in zip(leaves, clippable, factors, strict=True)
         ]
 
         finite_steps = (state.count - state.nonfinite_count + 1).astype(jnp.float32)
         clip_rate = state.clip_rate + (clipped.astype(jnp.float32) - state.clip_rate) / finite_steps
         new_state = ClipState(
-            norm=jnp.where(finite, stat, state.norm),
+            norm=jnp.where(finite, as_f32(stat), state.norm),
             threshold=threshold,
             clipped=clipped,
             clip_rate=jnp.where(finite, clip_rate, state.clip_rate),
@@ -141,9 +163,10 @@ def _entries(vector: jax.Array) -> list[jax.Array]:
     return [jnp.sum(jnp.where(eye[i], vector, zero)) for i in range(n)]
 
 
-def _is_float(g: Any) -> bool:
+def _is_inexact(g: Any) -> bool:
+    """A real or complex floating leaf (one that carries a gradient)."""
     dtype = getattr(g, "dtype", None)
-    return dtype is not None and jnp.issubdtype(dtype, jnp.floating)
+    return dtype is not None and jnp.issubdtype(dtype, jnp.inexact)
 
 
 def _norm_scale(norm: jax.Array, threshold: jax.Array) -> jax.Array:
@@ -151,35 +174,38 @@ def _norm_scale(norm: jax.Array, threshold: jax.Array) -> jax.Array:
 
     The zero case matters when the norm itself underflows to 0 (every element
     below ~1e-19): ``0 > 0`` is false, but a zero threshold must still zero
-    the gradient.
+    the gradient. An infinite threshold gives exactly 1.
     """
-    scale = jnp.where(norm > threshold, threshold / norm, 1.0)
-    return jnp.where(threshold > 0, scale, 0.0)
+    over = norm > threshold
+    scale = jnp.where(over, threshold / jnp.where(over, norm, 1.0), 1.0)
+    return jnp.where(threshold > 0, scale, 0.0).astype(norm.dtype)
 
 
 def _broadcast(x: jax.Array, like: jax.Array) -> jax.Array:
     return lax.broadcast_in_dim(x, like.shape, ())
 
 
-def _finish_leaf(g: jax.Array, out: jax.Array, keep: jax.Array) -> jax.Array:
-    """``out`` where ``keep`` else 0 (a select, so NaN elements become 0), cast
-    back to ``g``'s dtype."""
-    out = lax.select(_broadcast(keep, out), out, lax.full_like(out, 0))
-    return out if out.dtype == g.dtype else lax.convert_element_type(out, g.dtype)
+def _finish_leaf(g: jax.Array, out: jax.Array, keep_update: jax.Array) -> jax.Array:
+    """``out`` where ``keep_update`` else 0 (a select, so NaN elements become
+    0), cast back to ``g``'s dtype."""
+    out = lax.select(_broadcast(keep_update, out), out, lax.full_like(out, 0))
+    return _numerics.convert(out, g.dtype)
 
 
-def _scale_leaf(g: jax.Array, scale: jax.Array, keep: jax.Array) -> jax.Array:
-    """``g * scale`` with one float32 scalar multiply.
+def _scale_leaf(g: jax.Array, scale: jax.Array, keep_update: jax.Array) -> jax.Array:
+    """``(g.astype(w) * scale).astype(g.dtype)`` with one scalar multiply,
+    ``w`` the wider of float32 and ``g``'s dtype.
 
     The scale is a scalar, so XLA fuses the multiply into whatever reads the
     clipped gradient next (Adam's moment updates) instead of writing a new
-    gradient tree. ``keep=False`` zeroes the leaf (a skipped step), with a
-    select rather than a multiply so NaN elements become 0. Written with
-    ``lax`` ops, which are cheaper to trace than ``jnp``'s for a function
+    gradient tree. ``keep_update=False`` zeroes the leaf (a skipped step),
+    with a select rather than a multiply so NaN elements become 0. Written
+    with ``lax`` ops, which are cheaper to trace than ``jnp``'s for a function
     that runs once per leaf.
     """
-    y = _numerics.leaf_f32(g)
-    return _finish_leaf(g, lax.mul(y, _broadcast(scale, y)), keep)
+    w = _numerics.work_dtype(g.dtype)
+    y = _numerics.convert(g, w)
+    return _finish_leaf(g, lax.mul(y, _broadcast(_numerics.convert(scale, w), y)), keep_update)
 
 
 def _value_bound(max_abs: jax.Array, threshold: jax.Array) -> jax.Array:
@@ -188,11 +214,38 @@ def _value_bound(max_abs: jax.Array, threshold: jax.Array) -> jax.Array:
     return threshold
 
 
-def _clamp_leaf(g: jax.Array, bound: jax.Array, keep: jax.Array) -> jax.Array:
+def _clamp_leaf(g: jax.Array, bound: jax.Array, keep_update: jax.Array) -> jax.Array:
     """Element-wise clamp of ``g`` to ``[-bound, bound]`` (NaN stays NaN)."""
-    y = _numerics.leaf_f32(g)
-    b = _broadcast(bound, y)
-    return _finish_leaf(g, lax.min(lax.max(y, lax.neg(b)), b), keep)
+    w = _numerics.work_dtype(g.dtype)
+    y = _numerics.convert(g, w)
+    b = _broadcast(_numerics.convert(bound, w), y)
+    return _finish_leaf(g, lax.min(lax.max(y, lax.neg(b)), b), keep_update)
+
+
+_GLOBAL = _ClipperSpec(
+    statistic=_numerics.global_norm,
+    factor=_norm_scale,
+    clip_leaf=_scale_leaf,
+    per_leaf=False,
+    complex_ok=True,
+    name="clip_by_global_norm",
+)
+_LEAF = _ClipperSpec(
+    statistic=_numerics.leaf_norms,
+    factor=_norm_scale,
+    clip_leaf=_scale_leaf,
+    per_leaf=True,
+    complex_ok=True,
+    name="clip_by_leaf_norm",
+)
+_VALUE = _ClipperSpec(
+    statistic=_numerics.global_max_abs,
+    factor=_value_bound,
+    clip_leaf=_clamp_leaf,
+    per_leaf=False,
+    complex_ok=False,
+    name="clip_by_value",
+)
 
 
 def clip_by_global_norm(
@@ -244,9 +297,7 @@ def clip_by_global_norm(
         >>> float(adaclip.metrics(opt_state)["norm"])
         5.0
     """
-    return _make_clipper(
-        threshold, nonfinite, axis_name, _numerics.global_norm, _norm_scale, _scale_leaf, False
-    )
+    return _make_clipper(_GLOBAL, threshold=threshold, nonfinite=nonfinite, axis_name=axis_name)
 
 
 def clip_by_leaf_norm(
@@ -293,9 +344,7 @@ def clip_by_leaf_norm(
         >>> updates["a"], updates["b"]
         (Array([0.6, 0.8], dtype=float32), Array([0.3, 0.4], dtype=float32))
     """
-    return _make_clipper(
-        threshold, nonfinite, axis_name, _numerics.leaf_norms, _norm_scale, _scale_leaf, True
-    )
+    return _make_clipper(_LEAF, threshold=threshold, nonfinite=nonfinite, axis_name=axis_name)
 
 
 def clip_by_value(
@@ -342,6 +391,4 @@ def clip_by_value(
         >>> updates
         Array([-0.5,  0.1,  0.5], dtype=float32)
     """
-    return _make_clipper(
-        threshold, nonfinite, axis_name, _numerics.global_max_abs, _value_bound, _clamp_leaf, False
-    )
+    return _make_clipper(_VALUE, threshold=threshold, nonfinite=nonfinite, axis_name=axis_name)

@@ -9,9 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from adaclip import _validation
-from adaclip._base import ThresholdRule, as_f32
-
-FEEDS = ("clipped", "raw")
+from adaclip._base import F32_MAX, FEEDS, ThresholdRule, as_f32
 
 
 class EmaState(NamedTuple):
@@ -111,7 +109,6 @@ def ema(
 ZSCORE_MODES = ("zscore", "percentile")
 ZSCORE_CLIP_OPTIONS = ("adaptive_scaling", "mean")
 _ZSCORE_EPS = 1e-6  # ZClip's eps in z = (s - mean) / (std + eps).
-_F32_MAX = float(jnp.finfo(jnp.float32).max)
 
 
 class ZScoreState(NamedTuple):
@@ -221,8 +218,12 @@ def zscore(
         raise TypeError(f"skip_update_on_spike must be a bool, got {skip_update_on_spike!r}.")
 
     def init_fn(statistic):
-        zeros = jnp.zeros(jnp.shape(statistic), jnp.float32)
-        return ZScoreState(mean=zeros, var=zeros, count=jnp.zeros([], jnp.int32))
+        shape = jnp.shape(statistic)
+        return ZScoreState(
+            mean=jnp.zeros(shape, jnp.float32),
+            var=jnp.zeros(shape, jnp.float32),
+            count=jnp.zeros([], jnp.int32),
+        )
 
     def update_fn(statistic, state):
         s = as_f32(statistic)
@@ -251,7 +252,7 @@ def zscore(
             else:
                 safe_z = jnp.where(spike, z, zt)  # z > zt > 0 where used.
                 bound = as_f32(clip_factor) * (state.mean + zt * std / (safe_z / zt))
-        bound = jnp.minimum(bound, _F32_MAX)  # finite even for extreme statistics
+        bound = jnp.minimum(bound, F32_MAX)  # finite even for extreme statistics
         fed = jnp.where(spike, bound, s)
         e_mean = a * state.mean + (1.0 - a) * fed
         e_var = a * state.var + (1.0 - a) * jnp.square(fed - e_mean)
@@ -262,7 +263,7 @@ def zscore(
         threshold = jnp.where(in_warmup | ~spike, s, bound)
         new_state = ZScoreState(
             mean=jnp.where(in_warmup, w_mean, e_mean),
-            var=jnp.minimum(jnp.where(in_warmup, w_var, e_var), _F32_MAX),
+            var=jnp.minimum(jnp.where(in_warmup, w_var, e_var), F32_MAX),
             count=n,
         )
         return threshold, new_state

@@ -8,13 +8,13 @@ import jax
 import jax.numpy as jnp
 
 from adaclip import _validation
-from adaclip._base import ThresholdRule, as_f32
+from adaclip._base import F32_MAX, ThresholdRule, as_f32
 
 # The estimate is kept in [tiny, max] of float32: a long run of zero
 # statistics would otherwise drive it to exactly 0, from which a
 # multiplicative update can never recover, and a long run of huge ones to inf.
 _LOW = float(jnp.finfo(jnp.float32).tiny)
-_HIGH = float(jnp.finfo(jnp.float32).max)
+_HIGH = F32_MAX
 
 
 class QuantileState(NamedTuple):

@@ -19,14 +19,13 @@ import jax.numpy as jnp
 import optax
 
 from adaclip import _validation
-from adaclip._base import ThresholdRule, as_f32
+from adaclip._base import F32_MAX, ThresholdRule, as_f32
 from adaclip._clippers import clip_by_global_norm, clip_by_leaf_norm
 from adaclip._combinators import minimum
 from adaclip._ema_rules import zscore
 from adaclip._window_rules import percentile as percentile_rule
 
 TORCH_EPS = 1e-6  # the epsilon of torch.nn.utils.clip_grad_norm_ and of the originals.
-_F32_MAX = float(jnp.finfo(jnp.float32).max)
 
 
 def _with_eps(rule: ThresholdRule, *, always: bool) -> ThresholdRule:
@@ -242,8 +241,9 @@ def _adagc_rule(
     """
 
     def init_fn(statistic):
-        zeros = jnp.zeros(jnp.shape(statistic), jnp.float32)
-        return AdaGCState(gamma=zeros, count=jnp.zeros([], jnp.int32))
+        return AdaGCState(
+            gamma=jnp.zeros(jnp.shape(statistic), jnp.float32), count=jnp.zeros([], jnp.int32)
+        )
 
     def update_fn(statistic, state):
         s = as_f32(statistic)
@@ -263,7 +263,7 @@ def _adagc_rule(
 
         # After warm-up: per-leaf clipping at ratio * gamma, gamma fed the
         # clipped norm. (With warmup_steps=0 the first step only sets gamma.)
-        bound = jnp.minimum(r * state.gamma, _F32_MAX)
+        bound = jnp.minimum(r * state.gamma, F32_MAX)
         spike = (s > bound) & ~first
         a_threshold = jnp.where(spike, bound * (s / (s + TORCH_EPS)), jnp.maximum(bound, s))
         a_gamma = jnp.where(first, s, b * state.gamma + (1.0 - b) * jnp.minimum(s, bound))

@@ -2,24 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any
 
-import jax
 import jax.numpy as jnp
-import optax
 
 from adaclip import _validation
-from adaclip._base import Schedule, ThresholdRule, as_f32
-
-
-class FixedState(NamedTuple):
-    """``fixed`` keeps no state."""
-
-
-class ScheduleState(NamedTuple):
-    """State of ``scheduled`` and ``decaying``."""
-
-    count: jax.Array  # int32, (): finite steps taken so far.
+from adaclip._base import FixedState as FixedState
+from adaclip._base import (
+    Schedule,
+    ThresholdRule,
+    as_f32,
+    check_schedule,
+    constant_rule,
+    schedule_rule,
+)
+from adaclip._base import ScheduleState as ScheduleState
 
 
 def fixed(value: Any) -> ThresholdRule:
@@ -52,14 +49,7 @@ def fixed(value: Any) -> ThresholdRule:
     """
     _validation.check_nonnegative("value", value)
 
-    def init_fn(statistic):
-        del statistic
-        return FixedState()
-
-    def update_fn(statistic, state):
-        return jnp.broadcast_to(as_f32(value), jnp.shape(statistic)), state
-
-    return ThresholdRule(init_fn, update_fn)
+    return constant_rule(value)
 
 
 def scheduled(schedule: Schedule) -> ThresholdRule:
@@ -92,16 +82,8 @@ def scheduled(schedule: Schedule) -> ThresholdRule:
     if not callable(schedule):
         raise TypeError(f"schedule must be a callable of the step count, got {schedule!r}.")
 
-    def init_fn(statistic):
-        del statistic
-        return ScheduleState(count=jnp.zeros([], jnp.int32))
-
-    def update_fn(statistic, state):
-        threshold = jnp.maximum(as_f32(schedule(state.count)), 0.0)
-        threshold = jnp.broadcast_to(threshold, jnp.shape(statistic))
-        return threshold, ScheduleState(count=optax.safe_increment(state.count))
-
-    return ThresholdRule(init_fn, update_fn)
+    check_schedule("schedule", schedule)
+    return schedule_rule(schedule)
 
 
 def decaying(

@@ -10,8 +10,7 @@ import optax
 from jax import lax
 
 from adaclip import _validation
-from adaclip._base import ThresholdRule, as_f32
-from adaclip._ema_rules import FEEDS
+from adaclip._base import F32_MAX, FEEDS, ThresholdRule, as_f32
 
 
 class WindowState(NamedTuple):
@@ -110,7 +109,7 @@ def moving_average(multiplier: Any, window: int, *, feed: str = "raw") -> Thresh
 # Fills the unused tail of the sorted copy: larger than any finite statistic
 # can be (ties with a statistic equal to it are harmless), and finite, so the
 # state stays finite.
-_EMPTY = float(jnp.finfo(jnp.float32).max)
+_EMPTY = F32_MAX  # the filler of unwritten slots sorts last
 
 
 class PercentileState(NamedTuple):

@@ -259,7 +259,8 @@ def step_rule(
     """Steps ``rule`` once, keeping a bad step out of its state.
 
     Returns ``(threshold, new_state, finite)``. The rule sees the statistic
-    in float32. A step is *finite* when every entry of ``statistic`` is
+    in float32 (a finite float64 statistic beyond float32's range is held at
+    the float32 maximum). A step is *finite* when every entry of ``statistic`` is
     finite and the rule's threshold has no NaN (a ``+inf`` threshold is
     allowed: no bound this step); otherwise ``finite`` is False and
     ``new_state`` is ``state`` unchanged, and the threshold returned is not
@@ -268,12 +269,25 @@ def step_rule(
     Clippers and offline replay both step rules through this function, so
     they agree step for step.
     """
-    statistic = as_f32(statistic)
+    statistic = jnp.asarray(statistic)
+    stat_finite = jnp.all(jnp.isfinite(statistic))
+    statistic = saturating_f32(statistic)
     threshold, new_state = rule.update(statistic, state)
     threshold = jnp.broadcast_to(as_threshold(threshold), statistic.shape)
-    finite = jnp.all(jnp.isfinite(statistic)) & ~jnp.any(jnp.isnan(threshold))
+    finite = stat_finite & ~jnp.any(jnp.isnan(threshold))
     new_state = tree_select(finite, new_state, state)
     return threshold, new_state, finite
+
+
+def saturating_f32(x: jax.Array) -> jax.Array:
+    """``x`` in float32, finite values beyond its range held at its maximum
+    (a float64 statistic above ~3.4e38 stays finite for a float32 rule)."""
+    x = jnp.asarray(x)
+    if x.dtype == jnp.float32:
+        return x
+    if jnp.issubdtype(x.dtype, jnp.floating) and jnp.finfo(x.dtype).bits > 32:
+        x = jnp.where(jnp.isfinite(x), jnp.clip(x, -F32_MAX, F32_MAX), x)
+    return x.astype(jnp.float32)
 
 
 def reported_threshold(threshold: jax.Array, statistic: jax.Array) -> jax.Array:

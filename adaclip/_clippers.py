@@ -12,7 +12,14 @@ import optax
 from jax import lax
 
 from adaclip import _numerics, _validation
-from adaclip._base import PyTree, ThresholdLike, as_f32, as_rule, reported_threshold, step_rule
+from adaclip._base import (
+    PyTree,
+    ThresholdLike,
+    as_rule,
+    reported_threshold,
+    saturating_f32,
+    step_rule,
+)
 
 NONFINITE = ("skip", "propagate")
 
@@ -110,7 +117,7 @@ def _make_clipper(
             # +inf threshold is no bound this step ("measure only").
             bound = jnp.where(finite, rule_threshold, jnp.inf)
             clipped = finite & (stat_w > bound)
-            reported = as_f32(reported_threshold(rule_threshold, stat_w))
+            reported = saturating_f32(reported_threshold(rule_threshold, stat_w))
             threshold = jnp.where(finite, reported, state.threshold)
             return spec.factor(stat_w, bound), threshold, clipped, rule_state, finite
 
@@ -128,7 +135,7 @@ def _make_clipper(
         finite_steps = (state.count - state.nonfinite_count + 1).astype(jnp.float32)
         clip_rate = state.clip_rate + (clipped.astype(jnp.float32) - state.clip_rate) / finite_steps
         new_state = ClipState(
-            norm=jnp.where(finite, as_f32(stat), state.norm),
+            norm=jnp.where(finite, saturating_f32(stat), state.norm),
             threshold=threshold,
             clipped=clipped,
             clip_rate=jnp.where(finite, clip_rate, state.clip_rate),

@@ -267,11 +267,27 @@ def clip_by_global_norm(
     threshold this equals ``optax.clip_by_global_norm``, but the scale is one
     float32 scalar, so the clip costs one read of the gradients when chained
     with an optimizer.
-        ``threshold`` is a float (a fixed threshold), an optax schedule (a callable
-    of the step count) or an [`adaclip.ThresholdRule`][adaclip.ThresholdRule]. The statistic is
-    accumulated in float32 whatever the gradient dtype, and is exact even when
-    a sum of squares would overflow float32 (elements above ~1e19): a
-    rescaled second pass runs then, and only then.
+
+    ``threshold`` is a float (a fixed threshold), an optax schedule (a callable
+    of the step count) or an [`adaclip.ThresholdRule`][adaclip.ThresholdRule];
+    ``math.inf`` means "measure only": nothing is cut, every metric is
+    recorded and the ``threshold`` metric reports the statistic. At run time
+    a ``+inf`` threshold from a rule or schedule is no bound that step, and a
+    NaN one makes the step non-finite (below).
+
+    **Dtypes.** The statistic is accumulated in float32, or in float64 when a
+    leaf is float64 (``jax_enable_x64``), and is exact even when a sum of
+    squares would overflow (float32 elements above ~1e19): a rescaled second
+    pass runs then, and only then. Each leaf is scaled as
+    ``(g.astype(w) * scale).astype(g.dtype)``, ``w`` the wider of float32 and
+    the leaf's dtype, so an unclipped float64 leaf comes back bit for bit.
+    Complex leaves count with their modulus ($|g|^2$), as in ``optax.clip_by_global_norm``; a NaN in either part is non-finite. The state's statistics stay float32.
+
+    **Differentiable and donatable.** ``update`` differentiates in reverse
+    and forward mode with respect to the gradients and to float
+    hyper-parameters (a custom JVP rule on the statistic keeps the one-read
+    loop), and ``init`` returns distinct buffers, so the state can be
+    donated.
 
     **Non-finite steps.** When the statistic is NaN or infinite, the rule's
     state is left untouched and ``nonfinite_count`` goes up; with
@@ -291,7 +307,9 @@ def clip_by_global_norm(
         [`adaclip.ClipState`][adaclip.ClipState].
 
     Raises:
-        TypeError, ValueError: a bad ``threshold`` or ``nonfinite``.
+        TypeError, ValueError: a bad ``threshold`` or ``nonfinite`` (an
+            uncalled rule factory or a callable that is not a schedule is a
+            ``TypeError``).
 
     Examples:
         >>> import jax, jax.numpy as jnp, optax
@@ -318,11 +336,27 @@ def clip_by_leaf_norm(
     rule runs element-wise on the vector of leaf norms, so each leaf gets its
     own adaptive threshold (like Keras ``clipnorm``, which clips each
     variable separately). A step counts as non-finite when any leaf's norm is.
-        ``threshold`` is a float (a fixed threshold), an optax schedule (a callable
-    of the step count) or an [`adaclip.ThresholdRule`][adaclip.ThresholdRule]. The statistic is
-    accumulated in float32 whatever the gradient dtype, and is exact even when
-    a sum of squares would overflow float32 (elements above ~1e19): a
-    rescaled second pass runs then, and only then.
+
+    ``threshold`` is a float (a fixed threshold), an optax schedule (a callable
+    of the step count) or an [`adaclip.ThresholdRule`][adaclip.ThresholdRule];
+    ``math.inf`` means "measure only": nothing is cut, every metric is
+    recorded and the ``threshold`` metric reports the statistic. At run time
+    a ``+inf`` threshold from a rule or schedule is no bound that step, and a
+    NaN one makes the step non-finite (below).
+
+    **Dtypes.** The statistic is accumulated in float32, or in float64 when a
+    leaf is float64 (``jax_enable_x64``), and is exact even when a sum of
+    squares would overflow (float32 elements above ~1e19): a rescaled second
+    pass runs then, and only then. Each leaf is scaled as
+    ``(g.astype(w) * scale).astype(g.dtype)``, ``w`` the wider of float32 and
+    the leaf's dtype, so an unclipped float64 leaf comes back bit for bit.
+    Complex leaves count with their modulus ($|g|^2$), as in ``optax.clip_by_global_norm``; a NaN in either part is non-finite. The state's statistics stay float32.
+
+    **Differentiable and donatable.** ``update`` differentiates in reverse
+    and forward mode with respect to the gradients and to float
+    hyper-parameters (a custom JVP rule on the statistic keeps the one-read
+    loop), and ``init`` returns distinct buffers, so the state can be
+    donated.
 
     **Non-finite steps.** When the statistic is NaN or infinite, the rule's
     state is left untouched and ``nonfinite_count`` goes up; with
@@ -340,7 +374,9 @@ def clip_by_leaf_norm(
         [`adaclip.ClipState`][adaclip.ClipState] with metrics of shape ``(n_leaves,)``.
 
     Raises:
-        TypeError, ValueError: a bad ``threshold`` or ``nonfinite``.
+        TypeError, ValueError: a bad ``threshold`` or ``nonfinite`` (an
+            uncalled rule factory or a callable that is not a schedule is a
+            ``TypeError``).
 
     Examples:
         >>> import jax.numpy as jnp
@@ -366,11 +402,27 @@ def clip_by_value(
     rule learns a bound on element size (like Keras ``clipvalue`` with a
     threshold that can move). Unlike norm clipping this changes the
     gradient's direction.
-        ``threshold`` is a float (a fixed threshold), an optax schedule (a callable
-    of the step count) or an [`adaclip.ThresholdRule`][adaclip.ThresholdRule]. The statistic is
-    accumulated in float32 whatever the gradient dtype, and is exact even when
-    a sum of squares would overflow float32 (elements above ~1e19): a
-    rescaled second pass runs then, and only then.
+
+    ``threshold`` is a float (a fixed threshold), an optax schedule (a callable
+    of the step count) or an [`adaclip.ThresholdRule`][adaclip.ThresholdRule];
+    ``math.inf`` means "measure only": nothing is cut, every metric is
+    recorded and the ``threshold`` metric reports the statistic. At run time
+    a ``+inf`` threshold from a rule or schedule is no bound that step, and a
+    NaN one makes the step non-finite (below).
+
+    **Dtypes.** The statistic is accumulated in float32, or in float64 when a
+    leaf is float64 (``jax_enable_x64``), and is exact even when a sum of
+    squares would overflow (float32 elements above ~1e19): a rescaled second
+    pass runs then, and only then. Each leaf is scaled as
+    ``(g.astype(w) * scale).astype(g.dtype)``, ``w`` the wider of float32 and
+    the leaf's dtype, so an unclipped float64 leaf comes back bit for bit.
+    Complex leaves are rejected with a ``ValueError``, as ``optax.clip`` rejects them: complex numbers have no order. The state's statistics stay float32.
+
+    **Differentiable and donatable.** ``update`` differentiates in reverse
+    and forward mode with respect to the gradients and to float
+    hyper-parameters (a custom JVP rule on the statistic keeps the one-read
+    loop), and ``init`` returns distinct buffers, so the state can be
+    donated.
 
     **Non-finite steps.** When the statistic is NaN or infinite, the rule's
     state is left untouched and ``nonfinite_count`` goes up; with
@@ -387,7 +439,9 @@ def clip_by_value(
         [`adaclip.ClipState`][adaclip.ClipState].
 
     Raises:
-        TypeError, ValueError: a bad ``threshold`` or ``nonfinite``.
+        TypeError, ValueError: a bad ``threshold`` or ``nonfinite`` (an
+            uncalled rule factory or a callable that is not a schedule is a
+            ``TypeError``).
 
     Examples:
         >>> import jax.numpy as jnp

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from adaclip._base import ThresholdLike, as_f32, as_rule, step_rule
+from adaclip._base import ThresholdLike, as_f32, as_rule, reported_threshold, step_rule
 
 
 class Trace(NamedTuple):
@@ -82,13 +82,14 @@ def replay(rule: ThresholdLike, statistics: Any) -> Trace:
             "statistics must be 1-D (steps,) or 2-D (steps, n_leaves), "
             f"got shape {statistics.shape}."
         )
-    rule = as_rule(rule, "rule")
+    rule = as_rule(rule, "rule", allow_inf=True)
     zeros = jnp.zeros(statistics.shape[1:], jnp.float32)
 
     def body(carry, stat):
         state, previous = carry
         threshold, state, finite = step_rule(rule, stat, state)
-        threshold = jnp.where(finite, threshold, previous)
+        # +inf (no bound) is reported as the statistic, as clippers do.
+        threshold = jnp.where(finite, as_f32(reported_threshold(threshold, stat)), previous)
         clipped = finite & (stat > threshold)
         clipped_stat = jnp.where(finite, jnp.minimum(stat, threshold), stat)
         return (state, threshold), Trace(threshold, clipped_stat, clipped, finite)

@@ -281,7 +281,9 @@ def clip_by_global_norm(
     pass runs then, and only then. Each leaf is scaled as
     ``(g.astype(w) * scale).astype(g.dtype)``, ``w`` the wider of float32 and
     the leaf's dtype, so an unclipped float64 leaf comes back bit for bit.
-    Complex leaves count with their modulus ($|g|^2$), as in ``optax.clip_by_global_norm``; a NaN in either part is non-finite. The state's statistics stay float32.
+    Complex leaves count with their modulus ($|g|^2$), as in
+    ``optax.clip_by_global_norm``; a NaN in either part is non-finite. The
+    state's statistics stay float32.
 
     **Differentiable and donatable.** ``update`` differentiates in reverse
     and forward mode with respect to the gradients and to float
@@ -350,7 +352,9 @@ def clip_by_leaf_norm(
     pass runs then, and only then. Each leaf is scaled as
     ``(g.astype(w) * scale).astype(g.dtype)``, ``w`` the wider of float32 and
     the leaf's dtype, so an unclipped float64 leaf comes back bit for bit.
-    Complex leaves count with their modulus ($|g|^2$), as in ``optax.clip_by_global_norm``; a NaN in either part is non-finite. The state's statistics stay float32.
+    Complex leaves count with their modulus ($|g|^2$), as in
+    ``optax.clip_by_global_norm``; a NaN in either part is non-finite. The
+    state's statistics stay float32.
 
     **Differentiable and donatable.** ``update`` differentiates in reverse
     and forward mode with respect to the gradients and to float
@@ -416,7 +420,9 @@ def clip_by_value(
     pass runs then, and only then. Each leaf is scaled as
     ``(g.astype(w) * scale).astype(g.dtype)``, ``w`` the wider of float32 and
     the leaf's dtype, so an unclipped float64 leaf comes back bit for bit.
-    Complex leaves are rejected with a ``ValueError``, as ``optax.clip`` rejects them: complex numbers have no order. The state's statistics stay float32.
+    Complex leaves are rejected with a ``ValueError``, as ``optax.clip``
+    rejects them: complex numbers have no order. The state's statistics stay
+    float32.
 
     **Differentiable and donatable.** ``update`` differentiates in reverse
     and forward mode with respect to the gradients and to float

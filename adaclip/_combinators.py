@@ -104,14 +104,14 @@ def clamp(
 def _reduce(name: str, op, rules: tuple[ThresholdLike, ...]) -> ThresholdRule:
     if not rules:
         raise TypeError(f"{name} needs at least one rule, got none.")
-    parts = tuple(as_rule(r, f"{name}'s argument {i}") for i, r in enumerate(rules))
+    members = tuple(as_rule(r, f"{name}'s argument {i}") for i, r in enumerate(rules))
 
     def init_fn(statistic):
-        return tuple(r.init(statistic) for r in parts)
+        return tuple(r.init(statistic) for r in members)
 
     def update_fn(statistic, state):
         thresholds, new_state = [], []
-        for r, s in zip(parts, state, strict=True):
+        for r, s in zip(members, state, strict=True):
             c, s = r.update(statistic, s)
             thresholds.append(as_f32(c))
             new_state.append(s)

@@ -217,8 +217,7 @@ def zscore(
     _validation.check_choice("mode", mode, ZSCORE_MODES)
     _validation.check_choice("clip_option", clip_option, ZSCORE_CLIP_OPTIONS)
     _validation.check_positive("clip_factor", clip_factor)
-    if not isinstance(skip_update_on_spike, bool):
-        raise TypeError(f"skip_update_on_spike must be a bool, got {skip_update_on_spike!r}.")
+    _validation.check_bool("skip_update_on_spike", skip_update_on_spike)
 
     def init_fn(statistic):
         zeros = jnp.zeros(jnp.shape(statistic), jnp.float32)

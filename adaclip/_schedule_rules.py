@@ -50,7 +50,7 @@ def fixed(value: Any) -> ThresholdRule:
         >>> updates["w"]
         Array([0.6, 0.8], dtype=float32)
     """
-    _validation.check_nonnegative("value", value)
+    _validation.check_threshold("value", value, allow_inf=True)
 
     def init_fn(statistic):
         del statistic

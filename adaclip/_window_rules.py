@@ -90,7 +90,7 @@ def moving_average(multiplier: Any, window: int, *, feed: str = "raw") -> Thresh
         4.0
     """
     _validation.check_positive("multiplier", multiplier)
-    _validation.check_int("window", window, low=1, static=True)
+    _validation.check_window("window", window)
     _validation.check_choice("feed", feed, FEEDS)
     window = int(window)
 
@@ -216,7 +216,7 @@ def percentile(p: Any, window: int) -> ThresholdRule:
         [arXiv:2007.14469](https://arxiv.org/abs/2007.14469)
     """
     _validation.check_real("p", p, low=0.0, high=100.0)
-    _validation.check_int("window", window, low=1, static=True)
+    _validation.check_window("window", window)
     window = int(window)
 
     def init_fn(statistic):

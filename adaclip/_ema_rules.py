@@ -64,7 +64,9 @@ def ema(
 
     Args:
         multiplier: $m > 0$, how far above the average a statistic may go.
-        decay: $\\beta \\in [0, 1)$; the average spans about $1/(1-\\beta)$ steps.
+        decay: $\\beta \\in [0, 1)$, also after rounding to float32 (so
+            ``0.99999999``, which rounds to 1, is rejected); the average spans
+            about $1/(1-\\beta)$ steps.
         warmup_steps: int >= 0, steps during which nothing is clipped.
         feed: ``"clipped"`` or ``"raw"``, what enters the EMA.
 

@@ -66,7 +66,9 @@ def moving_average(multiplier: Any, window: int, *, feed: str = "raw") -> Thresh
 
     Args:
         multiplier: $m > 0$.
-        window: $w$, a Python int >= 1 (static: it sets the buffer's size).
+        window: $w$, a Python int in [1, 2**24] (static: it sets the buffer's
+            size; the count of statistics held is computed in float32, exact
+            up to 2**24).
         feed: ``"raw"`` or ``"clipped"``, what enters the window.
 
     Returns:
@@ -186,7 +188,9 @@ def percentile(p: Any, window: int) -> ThresholdRule:
 
     Args:
         p: the percentile, in [0, 100] (may be traced). AutoClip recommends 10.
-        window: $w$, a Python int >= 1 (static: it sets the buffer's size).
+        window: $w$, a Python int in [1, 2**24] (static: it sets the buffer's
+            size; the count of statistics held is computed in float32, exact
+            up to 2**24).
 
     Returns:
         An [`adaclip.ThresholdRule`][adaclip.ThresholdRule] whose state is a

@@ -7,6 +7,7 @@ import optax
 import pytest
 
 import adaclip
+from adaclip import _recipes
 
 BAD = [
     # (factory, kwargs, exception, argument name that must appear)
@@ -164,3 +165,21 @@ def test_schedule_is_accepted_as_threshold():
     tx = adaclip.clip_by_global_norm(optax.constant_schedule(0.5))
     out, _ = tx.update(jnp.array([3.0, 4.0]), tx.init(jnp.zeros(2)))
     np.testing.assert_allclose(out, [0.3, 0.4], rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "builder, kwargs, exc, name",
+    [
+        (_recipes._adagc_rule, {"ratio": -1.0, "beta": 5.0}, ValueError, "ratio"),
+        (_recipes._adagc_rule, {"beta": 5.0}, ValueError, "beta"),
+        (_recipes._adagc_rule, {"warmup_steps": 2**32 + 5}, ValueError, "warmup_steps"),
+        (_recipes._adagc_rule, {"warmup_max_norm": 1e39}, ValueError, "warmup_max_norm"),
+        (_recipes._zclip_rule, {"alpha": 0.999999999}, ValueError, "alpha"),
+        (_recipes._zclip_rule, {"max_norm": np.ones(1)}, TypeError, "max_norm"),
+        (_recipes._autoclip_rule, {"window": 2**40}, ValueError, "window"),
+    ],
+)
+def test_recipe_rules_validate_on_their_own(builder, kwargs, exc, name):
+    """The CLI replays the recipes' rules without the recipe: same checks."""
+    with pytest.raises(exc, match=name):
+        builder(**kwargs)

@@ -240,10 +240,10 @@ def as_rule(
         return constant_rule(math.inf)
     try:
         _validation.check_nonnegative(name, threshold)
-    except TypeError:
+    except TypeError as err:
         raise TypeError(
-            f"{name} must be a number, an optax schedule or an adaclip.ThresholdRule, "
-            f"got {threshold!r}."
+            f"{name} must be a number, an optax schedule or an adaclip.ThresholdRule "
+            f"({err})"
         ) from None
     return constant_rule(threshold)
 

@@ -104,6 +104,9 @@ def clamp(
 def _reduce(name: str, op, rules: tuple[ThresholdLike, ...]) -> ThresholdRule:
     if not rules:
         raise TypeError(f"{name} needs at least one rule, got none.")
+    for i, r in enumerate(rules):
+        if _is_number(r):
+            _validation.check_nonnegative(f"{name}'s argument {i}", r)
     members = tuple(as_rule(r, f"{name}'s argument {i}") for i, r in enumerate(rules))
 
     def init_fn(statistic):

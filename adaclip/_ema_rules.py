@@ -62,7 +62,9 @@ def ema(
 
     Args:
         multiplier: $m > 0$, how far above the average a statistic may go.
-        decay: $\\beta \\in [0, 1)$; the average spans about $1/(1-\\beta)$ steps.
+        decay: $\\beta \\in [0, 1)$, also after rounding to float32 (so
+            ``0.99999999``, which rounds to 1, is rejected); the average spans
+            about $1/(1-\\beta)$ steps.
         warmup_steps: int >= 0, steps during which nothing is clipped.
         feed: ``"clipped"`` or ``"raw"``, what enters the EMA.
 
@@ -214,8 +216,7 @@ def zscore(
     _validation.check_choice("mode", mode, ZSCORE_MODES)
     _validation.check_choice("clip_option", clip_option, ZSCORE_CLIP_OPTIONS)
     _validation.check_positive("clip_factor", clip_factor)
-    if not isinstance(skip_update_on_spike, bool):
-        raise TypeError(f"skip_update_on_spike must be a bool, got {skip_update_on_spike!r}.")
+    _validation.check_bool("skip_update_on_spike", skip_update_on_spike)
 
     def init_fn(statistic):
         shape = jnp.shape(statistic)

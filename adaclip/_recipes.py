@@ -239,6 +239,10 @@ def _adagc_rule(
     threshold is its post-clip norm; after warm-up each leaf is clipped at
     ``ratio * gamma``.
     """
+    _validation.check_positive("ratio", ratio)
+    _validation.check_real("beta", beta, low=0.0, high=1.0, high_open=True)
+    _validation.check_int("warmup_steps", warmup_steps, low=0)
+    _validation.check_nonnegative("warmup_max_norm", warmup_max_norm)
 
     def init_fn(statistic):
         return AdaGCState(
@@ -339,9 +343,5 @@ def adagc(
         Wang et al. *AdaGC: Improving Training Stability for Large Language
         Model Pretraining*, 2025. [arXiv:2502.11034](https://arxiv.org/abs/2502.11034)
     """
-    _validation.check_positive("ratio", ratio)
-    _validation.check_real("beta", beta, low=0.0, high=1.0, high_open=True)
-    _validation.check_int("warmup_steps", warmup_steps, low=0)
-    _validation.check_nonnegative("warmup_max_norm", warmup_max_norm)
     rule = _adagc_rule(ratio, beta, warmup_steps, warmup_max_norm)
     return clip_by_leaf_norm(rule, nonfinite=nonfinite, axis_name=axis_name)

@@ -27,16 +27,19 @@ def fixed(value: Any) -> ThresholdRule:
     The current statistic plays no part; there is no warm-up.
 
     Args:
-        value: the threshold, a finite number >= 0 (may be traced, e.g. under
-            ``optax.inject_hyperparams``). With ``value=0`` every gradient is
-            clipped to zero (a zero gradient stays zero, never NaN).
+        value: the threshold, a number >= 0 that is finite in float32, or
+            ``math.inf`` to measure without clipping (may be traced, e.g.
+            under ``optax.inject_hyperparams``). With ``value=0`` every
+            gradient is clipped to zero (a zero gradient stays zero, never NaN).
 
     Returns:
         An [`adaclip.ThresholdRule`][adaclip.ThresholdRule].
 
     Raises:
-        TypeError: ``value`` is not a real number.
-        ValueError: ``value`` is negative, infinite or NaN.
+        TypeError: ``value`` is not a real number (an array with a shape,
+            even a size-1 one, is not).
+        ValueError: ``value`` is negative, NaN, ``-inf`` or a finite number
+            beyond the float32 maximum (e.g. ``1e39``).
 
     Examples:
         >>> import jax.numpy as jnp
@@ -47,7 +50,7 @@ def fixed(value: Any) -> ThresholdRule:
         >>> updates["w"]
         Array([0.6, 0.8], dtype=float32)
     """
-    _validation.check_nonnegative("value", value)
+    _validation.check_threshold("value", value, allow_inf=True)
 
     return constant_rule(value)
 

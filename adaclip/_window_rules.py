@@ -65,7 +65,9 @@ def moving_average(multiplier: Any, window: int, *, feed: str = "raw") -> Thresh
 
     Args:
         multiplier: $m > 0$.
-        window: $w$, a Python int >= 1 (static: it sets the buffer's size).
+        window: $w$, a Python int in [1, 2**24] (static: it sets the buffer's
+            size; the count of statistics held is computed in float32, exact
+            up to 2**24).
         feed: ``"raw"`` or ``"clipped"``, what enters the window.
 
     Returns:
@@ -89,7 +91,7 @@ def moving_average(multiplier: Any, window: int, *, feed: str = "raw") -> Thresh
         4.0
     """
     _validation.check_positive("multiplier", multiplier)
-    _validation.check_int("window", window, low=1, static=True)
+    _validation.check_window("window", window)
     _validation.check_choice("feed", feed, FEEDS)
     window = int(window)
 
@@ -185,7 +187,9 @@ def percentile(p: Any, window: int) -> ThresholdRule:
 
     Args:
         p: the percentile, in [0, 100] (may be traced). AutoClip recommends 10.
-        window: $w$, a Python int >= 1 (static: it sets the buffer's size).
+        window: $w$, a Python int in [1, 2**24] (static: it sets the buffer's
+            size; the count of statistics held is computed in float32, exact
+            up to 2**24).
 
     Returns:
         An [`adaclip.ThresholdRule`][adaclip.ThresholdRule] whose state is a
@@ -215,7 +219,7 @@ def percentile(p: Any, window: int) -> ThresholdRule:
         [arXiv:2007.14469](https://arxiv.org/abs/2007.14469)
     """
     _validation.check_real("p", p, low=0.0, high=100.0)
-    _validation.check_int("window", window, low=1, static=True)
+    _validation.check_window("window", window)
     window = int(window)
 
     def init_fn(statistic):

@@ -7,12 +7,14 @@ import optax
 import pytest
 
 import adaclip
+from adaclip import _recipes
 
 BAD = [
     # (factory, kwargs, exception, argument name that must appear)
     (adaclip.fixed, {"value": -1.0}, ValueError, "value"),
     (adaclip.fixed, {"value": float("nan")}, ValueError, "value"),
-    (adaclip.fixed, {"value": float("inf")}, ValueError, "value"),
+    (adaclip.fixed, {"value": float("-inf")}, ValueError, "value"),
+    (adaclip.fixed, {"value": np.ones(1)}, TypeError, "value"),
     (adaclip.fixed, {"value": "1.0"}, TypeError, "value"),
     (adaclip.fixed, {"value": None}, TypeError, "value"),
     (adaclip.fixed, {"value": True}, TypeError, "value"),
@@ -47,13 +49,13 @@ BAD = [
     (adaclip.ema, {"multiplier": 2.0, "decay": 0.9, "warmup_steps": -1}, ValueError, "warmup"),
     (adaclip.ema, {"multiplier": 2.0, "decay": 0.9, "warmup_steps": 1.5}, TypeError, "warmup"),
     (adaclip.ema, {"multiplier": 2.0, "decay": 0.9, "feed": "both"}, ValueError, "feed"),
-    (adaclip.ema, {"multiplier": 2.0, "decay": 0.9, "feed": None}, ValueError, "feed"),
+    (adaclip.ema, {"multiplier": 2.0, "decay": 0.9, "feed": None}, TypeError, "feed"),
     (adaclip.clip_by_global_norm, {"threshold": -1.0}, ValueError, "threshold"),
     (adaclip.clip_by_global_norm, {"threshold": "big"}, TypeError, "threshold"),
     (adaclip.clip_by_global_norm, {"threshold": None}, TypeError, "threshold"),
     (adaclip.clip_by_global_norm, {"threshold": 1.0, "nonfinite": "zero"}, ValueError, "nonfinite"),
     (adaclip.clip_by_leaf_norm, {"threshold": float("nan")}, ValueError, "threshold"),
-    (adaclip.clip_by_leaf_norm, {"threshold": 1.0, "nonfinite": None}, ValueError, "nonfinite"),
+    (adaclip.clip_by_leaf_norm, {"threshold": 1.0, "nonfinite": None}, TypeError, "nonfinite"),
     (adaclip.clip_by_value, {"threshold": -0.5}, ValueError, "threshold"),
     (adaclip.clip_by_value, {"threshold": [1.0]}, TypeError, "threshold"),
 ]
@@ -80,10 +82,63 @@ def test_bad_argument_raises_with_name_and_value(factory, kwargs, exc, name):
         (adaclip.ema, {"multiplier": 2.0, "decay": 0.0}),
         (adaclip.ema, {"multiplier": 2, "decay": 0.9, "warmup_steps": np.int64(3)}),
         (adaclip.moving_average, {"multiplier": 1.0, "window": np.int32(1)}),
+        # math.inf is the measure-only fixed threshold (a clipper's, and the rule's).
+        (adaclip.fixed, {"value": float("inf")}),
+        # 0-d arrays are scalars; only arrays with a shape are refused.
+        (adaclip.ema, {"multiplier": jnp.asarray(2.0), "decay": np.asarray(0.9)}),
+        (adaclip.ema, {"multiplier": 2.0, "decay": 0.9, "warmup_steps": jnp.asarray(3)}),
+        # The largest values that survive float32 rounding / fit int32.
+        (adaclip.ema, {"multiplier": 3.4e38, "decay": 0.9999999, "warmup_steps": 2**31 - 1}),
+        (adaclip.decaying, {"init_value": 1.0, "decay_rate": 1e-45}),  # a float32 subnormal
+        (adaclip.zscore, {"alpha": 0.9999999, "warmup_steps": 2**31 - 1}),
+        (adaclip.percentile, {"p": 10.0, "window": 2**24}),  # built, not initialised
+        (adaclip.warmup, {"rule": 1.0, "steps": 2**31 - 1, "during": 2.0}),
     ],
 )
 def test_edge_values_accepted(factory, kwargs):
     factory(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "factory, kwargs, name, value, rounded",
+    [
+        (adaclip.ema, {"multiplier": 2.0, "decay": 0.99999999}, "decay", "0.99999999", "1.0"),
+        (adaclip.fixed, {"value": 1e39}, "value", "1e+39", "inf"),
+        (adaclip.ema, {"multiplier": 1e39, "decay": 0.9}, "multiplier", "1e+39", "inf"),
+        (adaclip.quantile, {"target": 1 - 1e-9}, "target", repr(1 - 1e-9), "1.0"),
+        (adaclip.decaying, {"init_value": 1.0, "decay_rate": 1e-46}, "decay_rate", "1e-46", "0.0"),
+    ],
+)
+def test_float32_rounding_is_named_in_the_message(factory, kwargs, name, value, rounded):
+    # The value is in range as a Python float; float32 (what the rule computes
+    # in) is the reference for the rounding.
+    x = next(iter(v for k, v in kwargs.items() if k == name))
+    with np.errstate(over="ignore", under="ignore"):
+        assert str(float(np.float32(x))) == rounded
+    with pytest.raises(ValueError) as info:
+        factory(**kwargs)
+    message = str(info.value)
+    assert name in message and value in message, message
+    assert f"rounds to {rounded} in float32" in message, message
+
+
+def test_decay_that_rounds_to_one_would_have_poisoned_the_state():
+    """Why the check exists: decay 1.0 in float32 gives a 0/0 bias correction."""
+    decay = np.float32(0.99999999)
+    assert decay == 1.0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        debiased = np.float32(0.0) / (np.float32(1.0) - decay**1)
+    assert np.isnan(debiased)
+    with pytest.raises(ValueError, match="decay"):
+        adaclip.ema(2.0, float("0.99999999"))
+
+
+@pytest.mark.parametrize("combinator", [adaclip.minimum, adaclip.maximum])
+def test_min_max_numbers_are_finite_in_float32(combinator):
+    with pytest.raises(ValueError, match="argument 1"):
+        combinator(adaclip.ema(2.0, 0.9), 1e39)
+    with pytest.raises(TypeError, match=r"\(1,\)"):
+        combinator(adaclip.ema(2.0, 0.9), np.ones(1))
 
 
 def test_traced_hyperparameters_pass_validation():
@@ -110,3 +165,21 @@ def test_schedule_is_accepted_as_threshold():
     tx = adaclip.clip_by_global_norm(optax.constant_schedule(0.5))
     out, _ = tx.update(jnp.array([3.0, 4.0]), tx.init(jnp.zeros(2)))
     np.testing.assert_allclose(out, [0.3, 0.4], rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "builder, kwargs, exc, name",
+    [
+        (_recipes._adagc_rule, {"ratio": -1.0, "beta": 5.0}, ValueError, "ratio"),
+        (_recipes._adagc_rule, {"beta": 5.0}, ValueError, "beta"),
+        (_recipes._adagc_rule, {"warmup_steps": 2**32 + 5}, ValueError, "warmup_steps"),
+        (_recipes._adagc_rule, {"warmup_max_norm": 1e39}, ValueError, "warmup_max_norm"),
+        (_recipes._zclip_rule, {"alpha": 0.999999999}, ValueError, "alpha"),
+        (_recipes._zclip_rule, {"max_norm": np.ones(1)}, TypeError, "max_norm"),
+        (_recipes._autoclip_rule, {"window": 2**40}, ValueError, "window"),
+    ],
+)
+def test_recipe_rules_validate_on_their_own(builder, kwargs, exc, name):
+    """The CLI replays the recipes' rules without the recipe: same checks."""
+    with pytest.raises(exc, match=name):
+        builder(**kwargs)

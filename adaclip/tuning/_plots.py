@@ -129,7 +129,9 @@ def plot_trace(
     rate = clipped[finite].mean() if finite.any() else float("nan")
     title = f"clip rate {rate:.1%}"
     ax.set_title(f"{label}: {title}" if label else title, fontsize=10)
-    ax.legend(handles, labels, loc="upper left", fontsize=8)
+    # On the twin when there is one: drawn last, so the loss never crosses it.
+    legend_ax = ax.right_ax if loss is not None else ax
+    legend_ax.legend(handles, labels, loc="upper left", fontsize=8)
     return ax
 
 

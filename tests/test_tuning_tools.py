@@ -1,4 +1,8 @@
-"""Sweeps, summaries, suggestions, recording and plots, against NumPy references."""
+"""adaclip.tuning: sweeps, summaries, suggestions, recording and plots, against NumPy references."""
+
+import ast
+import pathlib
+import re
 
 import _refs
 import jax
@@ -374,7 +378,7 @@ def test_plot_trace_overlays_the_loss_on_a_second_axis():
     right = ax.right_ax
     assert right.get_ylabel() == "loss"
     np.testing.assert_array_equal(right.get_lines()[0].get_ydata(), loss)
-    labels = [t.get_text() for t in right.get_legend().get_texts()]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
     assert labels == ["statistic", "threshold", "clipped", "loss"]
     with pytest.raises(ValueError, match="loss"):
         adaclip.tuning.plot_trace(norms, trace, loss=loss[:10])
@@ -421,3 +425,46 @@ def test_plot_sweep_keeps_its_labels_inside_the_figure(y):
         assert drawn.x0 >= -0.5 and drawn.y0 >= -0.5, (axes, drawn)
         assert drawn.x1 <= fig.bbox.x1 + 0.5 and drawn.y1 <= fig.bbox.y1 + 0.5, (axes, drawn)
     matplotlib.pyplot.close("all")
+
+
+@pytest.mark.parametrize("name", adaclip.tuning.__all__)
+def test_public_tuning_name_is_documented(name):
+    obj = getattr(adaclip.tuning, name)
+    doc = obj.__doc__ or ""
+    assert doc.strip(), f"adaclip.tuning.{name} has no docstring"
+    assert "Examples:" in doc and ">>> " in doc, f"adaclip.tuning.{name} lacks an Examples doctest"
+    api = (pathlib.Path(__file__).resolve().parent.parent / "docs" / "api.md").read_text()
+    assert re.search(rf"^::: adaclip\.tuning\.{name}$", api, re.M), name
+
+
+def test_tuning_uses_only_the_public_core():
+    # adaclip.tuning imports adaclip's public names, its own private modules
+    # and, for argument checks, adaclip._validation; nothing else of the core.
+    root = pathlib.Path(adaclip.tuning.__file__).parent
+    allowed = {"adaclip", "adaclip._validation"}
+    for path in root.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if (
+                isinstance(node, ast.ImportFrom)
+                and node.module
+                and node.module.startswith("adaclip")
+            ):
+                modules = {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+                ok = node.module.startswith("adaclip.tuning") or node.module == "adaclip"
+                assert ok, f"{path.name} imports from {node.module}"
+                if node.module == "adaclip":
+                    private = {m for m in modules if m.split(".")[-1].startswith("_")}
+                    assert private <= allowed, f"{path.name} imports {private - allowed}"
+            elif isinstance(node, ast.Import):
+                for alias in node.names:
+                    if alias.name.startswith("adaclip"):
+                        assert alias.name in {"adaclip", "adaclip.tuning"}, (path.name, alias.name)
+
+
+def test_core_namespace_keeps_the_core_only():
+    moved = {"Recorder", "load_record", "sweep", "summarize", "suggest_fixed",
+             "suggest_for_clip_rate", "format_table", "plot_trace", "plot_sweep"}  # fmt: skip
+    assert not moved & set(dir(adaclip))
+    assert "importlib" not in dir(adaclip)
+    assert {"replay", "Trace", "metrics"} <= set(adaclip.__all__)

@@ -47,7 +47,8 @@ def plot_trace(
         ax: a matplotlib ``Axes`` to draw on; a new figure when None.
         leaf: for per-leaf (2-D) statistics, which leaf to draw (required).
         label: a title for the axes, e.g. the rule's name.
-        log: a logarithmic y axis (norms often span decades).
+        log: a logarithmic y axis (norms often span decades); for the loss
+            too, when it is positive.
         loss: None, or one value per step to draw on a second y axis.
 
     Returns:
@@ -121,17 +122,20 @@ def plot_trace(
     handles, labels = ax.get_legend_handles_labels()
     if loss is not None:
         right = ax.twinx()
-        right.plot(steps, loss, color="C2", lw=1.0, alpha=0.8, label="loss")
+        right.plot(steps, loss, color="C2", lw=0.8, alpha=0.6, label="loss")
+        # The norm, threshold and clipped steps stay in front of the loss.
+        ax.set_zorder(right.get_zorder() + 1)
+        ax.patch.set_visible(False)
         right.set_ylabel("loss")
+        if log and np.nanmin(loss, initial=np.inf) > 0:  # a loss spike spans decades too
+            right.set_yscale("log")
         ax.right_ax = right
         more_handles, more_labels = right.get_legend_handles_labels()
         handles, labels = handles + more_handles, labels + more_labels
     rate = clipped[finite].mean() if finite.any() else float("nan")
     title = f"clip rate {rate:.1%}"
     ax.set_title(f"{label}: {title}" if label else title, fontsize=10)
-    # On the twin when there is one: drawn last, so the loss never crosses it.
-    legend_ax = ax.right_ax if loss is not None else ax
-    legend_ax.legend(handles, labels, loc="upper left", fontsize=8)
+    ax.legend(handles, labels, loc="upper left", fontsize=8)
     return ax
 
 

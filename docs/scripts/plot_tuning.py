@@ -55,12 +55,12 @@ def record_run(path):
 def main():
     OUT.mkdir(exist_ok=True)
     path = record_run(pathlib.Path(tempfile.mkdtemp()) / "run.csv")
-    norms = adaclip.tuning.load_record(path)["norm"]
+    data = adaclip.tuning.load_record(path)
+    norms = data["norm"]
 
+    fixed_value = adaclip.tuning.suggest_fixed(norms[:SHIFT], 90)
     rules = {
-        f"fixed({adaclip.tuning.suggest_fixed(norms[:SHIFT], 90):.3g}) (90th percentile)": adaclip.fixed(
-            adaclip.tuning.suggest_fixed(norms[:SHIFT], 90)
-        ),
+        f"fixed({fixed_value:.3g}) (90th percentile)": adaclip.fixed(fixed_value),
         "ema(2.0, 0.99)": adaclip.ema(2.0, 0.99),
         "autoclip: percentile(10, 10000)": adaclip.percentile(10.0, 10_000),
         "zscore(0.97, 2.5, 25)": adaclip.zscore(0.97, 2.5, 25),
@@ -68,7 +68,7 @@ def main():
     fig, axes = plt.subplots(len(rules), 1, figsize=(9, 2.4 * len(rules)), sharex=True)
     for ax, (label, rule) in zip(axes, rules.items(), strict=True):
         trace = adaclip.replay(rule, norms)
-        adaclip.tuning.plot_trace(norms, trace, ax=ax, label=label)
+        adaclip.tuning.plot_trace(norms, trace, ax=ax, label=label, loss=data["loss"])
         print(label, adaclip.tuning.summarize(trace, shift_at=SHIFT))
     for ax in axes[:-1]:
         ax.set_xlabel("")

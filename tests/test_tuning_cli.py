@@ -374,3 +374,12 @@ def test_replay_plot_overlays_the_recorded_loss(norms_csv, tmp_path, capsys, mon
     expected = 1.0 / (np.arange(len(norms)) + 1)  # the fixture's loss column
     np.testing.assert_allclose(drawn["loss"], expected)
     assert plot.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_console_script_is_the_public_main():
+    import importlib
+    import tomllib
+
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    module, _, name = scripts["adaclip"].partition(":")
+    assert getattr(importlib.import_module(module), name) is adaclip.tuning.main

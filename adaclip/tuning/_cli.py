@@ -109,6 +109,8 @@ def _save_replay_plot(path, stats, rules, traces, leaf, loss):
         plot_trace(
             stats, trace, ax=ax, label=spec, leaf=leaf if stats.ndim == 2 else None, loss=loss
         )
+    for ax in axes[:-1, 0]:  # one step axis, at the bottom
+        ax.set_xlabel("")
     _savefig(fig, path)
 
 

@@ -115,7 +115,7 @@ class Recorder:
             return {"step": np.zeros((0,), np.int64)}
         names = list(self._rows[0])
         stacked = jax.device_get({n: [r[n] for r in self._rows] for n in names})
-        out = {"step": np.arange(len(self._rows))}
+        out: dict[str, np.ndarray] = {"step": np.arange(len(self._rows))}
         for name in names:
             out[name] = np.stack([np.asarray(v) for v in stacked[name]])
         for name in names:

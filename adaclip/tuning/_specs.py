@@ -169,7 +169,7 @@ def _rule_call(node: ast.AST, spec: str) -> RuleCall:
     return RuleCall(
         name,
         tuple(_literal(a, spec) for a in args),
-        {k.arg: _literal(k.value, spec) for k in keywords},
+        {str(k.arg): _literal(k.value, spec) for k in keywords},
     )
 
 

@@ -169,9 +169,11 @@ def sweep(
             for j, i in enumerate(chunk):
                 results[i] = {k: v[j] for k, v in out.items()}
 
+    summaries = [r for r in results if r is not None]
+    assert len(summaries) == len(rows)  # every row belongs to one group
     table: dict[str, np.ndarray] = {}
     for name in grid:
         table[name] = np.asarray([row[name] for row in rows])
-    for name in (n for n in SUMMARY_NAMES if n in results[0]):
-        table[name] = np.asarray([r[name] for r in results], dtype=np.float32)
+    for name in (n for n in SUMMARY_NAMES if n in summaries[0]):
+        table[name] = np.asarray([r[name] for r in summaries], dtype=np.float32)
     return table

@@ -1,6 +1,6 @@
 """adaclip: adaptive gradient clipping for JAX, as composable Optax transformations."""
 
-import importlib.metadata
+from importlib import metadata as _metadata
 
 from adaclip._base import ThresholdRule as ThresholdRule
 from adaclip._clippers import ClipState as ClipState
@@ -16,8 +16,6 @@ from adaclip._ema_rules import ZScoreState as ZScoreState
 from adaclip._ema_rules import ema as ema
 from adaclip._ema_rules import zscore as zscore
 from adaclip._metrics import metrics as metrics
-from adaclip._plotting import plot_sweep as plot_sweep
-from adaclip._plotting import plot_trace as plot_trace
 from adaclip._quantile import QuantileState as QuantileState
 from adaclip._quantile import quantile as quantile
 from adaclip._recipes import adagc as adagc
@@ -32,21 +30,14 @@ from adaclip._schedule_rules import fixed as fixed
 from adaclip._schedule_rules import scheduled as scheduled
 from adaclip._skip import SkipState as SkipState
 from adaclip._skip import skip_bad_steps as skip_bad_steps
-from adaclip._tuning import Recorder as Recorder
-from adaclip._tuning import format_table as format_table
-from adaclip._tuning import load_record as load_record
-from adaclip._tuning import suggest_fixed as suggest_fixed
-from adaclip._tuning import suggest_for_clip_rate as suggest_for_clip_rate
-from adaclip._tuning import summarize as summarize
-from adaclip._tuning import sweep as sweep
 from adaclip._window_rules import PercentileState as PercentileState
 from adaclip._window_rules import WindowState as WindowState
 from adaclip._window_rules import moving_average as moving_average
 from adaclip._window_rules import percentile as percentile
 
 try:
-    __version__ = importlib.metadata.version("adaclip")
-except importlib.metadata.PackageNotFoundError:  # pragma: no cover - source checkout
+    __version__ = _metadata.version("adaclip")
+except _metadata.PackageNotFoundError:  # pragma: no cover - source checkout
     __version__ = "0.0.0"
 
 __all__ = [
@@ -55,7 +46,6 @@ __all__ = [
     "FixedState",
     "PercentileState",
     "QuantileState",
-    "Recorder",
     "ScheduleState",
     "SkipState",
     "ThresholdRule",
@@ -71,23 +61,15 @@ __all__ = [
     "decaying",
     "ema",
     "fixed",
-    "format_table",
-    "load_record",
     "maximum",
     "metrics",
     "minimum",
     "moving_average",
     "percentile",
-    "plot_sweep",
-    "plot_trace",
     "quantile",
     "replay",
     "scheduled",
     "skip_bad_steps",
-    "suggest_fixed",
-    "suggest_for_clip_rate",
-    "summarize",
-    "sweep",
     "warmup",
     "zclip",
     "zscore",

@@ -1,7 +1,7 @@
-"""``python -m adaclip``: the adaclip command line."""
+"""``python -m adaclip``: the command line, [`adaclip.tuning.main`][adaclip.tuning.main]."""
 
 import sys
 
-from adaclip._cli import main
+from adaclip.tuning import main
 
 sys.exit(main())

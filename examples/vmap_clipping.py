@@ -17,6 +17,7 @@ import numpy as np
 import optax
 
 import adaclip
+import adaclip.tuning
 
 DIM = 16
 
@@ -75,7 +76,7 @@ def main(argv=None):
     m = adaclip.metrics(opt_state)  # every metric has a leading axis of 8
     print(f"{steps} steps, {len(multipliers)} models trained at once")
     print(
-        adaclip.format_table(
+        adaclip.tuning.format_table(
             {
                 "multiplier": np.asarray(multipliers),
                 "decay": np.asarray(decays),

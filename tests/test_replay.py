@@ -153,26 +153,3 @@ def test_replay_rejects_bad_shapes(shape):
 def test_replay_rejects_bad_rule():
     with pytest.raises(TypeError, match="rule"):
         adaclip.replay("ema", np.ones(3))
-
-
-@pytest.mark.parametrize(
-    "name, recipe, kwargs",
-    [
-        ("autoclip", adaclip.autoclip, dict(percentile=20.0, window=16)),
-        ("zclip", adaclip.zclip, dict(warmup_steps=5, max_norm=3.0)),
-        ("adagc", adaclip.adagc, dict(warmup_steps=5, warmup_max_norm=2.0)),
-    ],
-)
-def test_command_line_recipe_rules_replay_the_recipes(name, recipe, kwargs):
-    # The CLI's `autoclip`, `zclip` and `adagc` rules are the recipes' rules.
-    from adaclip import _cli
-
-    rule = _cli.RULES[name].factory(**kwargs)
-    if name == "adagc":  # per leaf
-        norms = np.stack([_norms(seed=4), _norms(seed=5, nan_steps=(2,), inf_steps=())], axis=1)
-        grads = [{"a": jnp.array([a]), "b": jnp.array([0.0, b])} for a, b in norms]
-    else:
-        norms = _norms(seed=6)
-        grads = [jnp.array([n, 0.0], jnp.float32) for n in norms]
-    m = _train_metrics(recipe(**kwargs), grads)
-    _check_against_metrics(adaclip.replay(rule, norms), m, norms)

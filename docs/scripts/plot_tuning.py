@@ -4,7 +4,7 @@
 
 Trains a linear model with Adam on batches of which one in 50 is corrupted,
 with a shift of the targets' scale at step 600, records the clip metrics
-with adaclip.Recorder, then replays and sweeps rules over the recorded norms.
+with adaclip.tuning.Recorder, then replays and sweeps rules over the recorded norms.
 """
 
 import pathlib
@@ -16,6 +16,7 @@ import matplotlib
 import optax
 
 import adaclip
+import adaclip.tuning
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -42,7 +43,7 @@ def record_run(path):
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
-    recorder = adaclip.Recorder()
+    recorder = adaclip.tuning.Recorder()
     key = jax.random.PRNGKey(0)
     for i in range(STEPS):
         key, sub = jax.random.split(key)
@@ -54,12 +55,12 @@ def record_run(path):
 def main():
     OUT.mkdir(exist_ok=True)
     path = record_run(pathlib.Path(tempfile.mkdtemp()) / "run.csv")
-    norms = adaclip.load_record(path)["norm"]
+    data = adaclip.tuning.load_record(path)
+    norms = data["norm"]
 
+    fixed_value = adaclip.tuning.suggest_fixed(norms[:SHIFT], 90)
     rules = {
-        f"fixed({adaclip.suggest_fixed(norms[:SHIFT], 90):.3g}) (90th percentile)": adaclip.fixed(
-            adaclip.suggest_fixed(norms[:SHIFT], 90)
-        ),
+        f"fixed({fixed_value:.3g}) (90th percentile)": adaclip.fixed(fixed_value),
         "ema(2.0, 0.99)": adaclip.ema(2.0, 0.99),
         "autoclip: percentile(10, 10000)": adaclip.percentile(10.0, 10_000),
         "zscore(0.97, 2.5, 25)": adaclip.zscore(0.97, 2.5, 25),
@@ -67,25 +68,25 @@ def main():
     fig, axes = plt.subplots(len(rules), 1, figsize=(9, 2.4 * len(rules)), sharex=True)
     for ax, (label, rule) in zip(axes, rules.items(), strict=True):
         trace = adaclip.replay(rule, norms)
-        adaclip.plot_trace(norms, trace, ax=ax, label=label)
-        print(label, adaclip.summarize(trace, shift_at=SHIFT))
+        adaclip.tuning.plot_trace(norms, trace, ax=ax, label=label, loss=data["loss"])
+        print(label, adaclip.tuning.summarize(trace, shift_at=SHIFT))
     for ax in axes[:-1]:
         ax.set_xlabel("")
     fig.tight_layout()
     fig.savefig(OUT / "tuning_replay.png", dpi=90)
 
-    table = adaclip.sweep(
+    table = adaclip.tuning.sweep(
         adaclip.ema,
         norms,
         {"multiplier": [1.25, 1.5, 2.0, 3.0, 5.0], "decay": [0.9, 0.95, 0.99, 0.995]},
         shift_at=SHIFT,
     )
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
-    adaclip.plot_sweep(table, "multiplier", "decay", "clip_rate", ax=axes[0])
-    adaclip.plot_sweep(table, "multiplier", "decay", "steps_to_adapt", ax=axes[1])
+    adaclip.tuning.plot_sweep(table, "multiplier", "decay", "clip_rate", ax=axes[0])
+    adaclip.tuning.plot_sweep(table, "multiplier", "decay", "steps_to_adapt", ax=axes[1])
     fig.tight_layout()
     fig.savefig(OUT / "tuning_sweep.png", dpi=90)
-    print(adaclip.format_table(table))
+    print(adaclip.tuning.format_table(table))
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from adaclip._replay import Trace
+from adaclip import Trace
 
 
 def _pyplot():
@@ -26,12 +26,20 @@ def plot_trace(
     leaf: int | None = None,
     label: str | None = None,
     log: bool = True,
+    loss: Any = None,
 ) -> Any:
     """Plots the statistic and the threshold over steps, marking clipped steps.
 
     The statistic is drawn in grey, the threshold as a line, and each clipped
     step as a red dot at its (unclipped) statistic; non-finite steps are
-    marked with an ``x`` along the bottom of the plot.
+    marked with an ``x`` along the bottom of the plot. With ``loss`` (e.g.
+    the recorded ``loss`` column) the loss is drawn on a second y axis.
+
+    Where a rule imposes no bound it reports the statistic itself as the
+    threshold (a warm-up, a z-score rule between spikes, see
+    [`adaclip.zscore`][adaclip.zscore]): the threshold line is not drawn
+    there, so it never hides the statistic; it shows only where the rule
+    set a bound of its own (an isolated bounded step is a dot).
 
     Args:
         statistics: the statistics given to [`adaclip.replay`][adaclip.replay].
@@ -39,10 +47,13 @@ def plot_trace(
         ax: a matplotlib ``Axes`` to draw on; a new figure when None.
         leaf: for per-leaf (2-D) statistics, which leaf to draw (required).
         label: a title for the axes, e.g. the rule's name.
-        log: a logarithmic y axis (norms often span decades).
+        log: a logarithmic y axis (norms often span decades); for the loss
+            too, when it is positive.
+        loss: None, or one value per step to draw on a second y axis.
 
     Returns:
-        The matplotlib ``Axes``.
+        The matplotlib ``Axes`` of the statistic (the loss axis, if any, is
+        its twin: ``ax.right_ax``).
 
     Raises:
         ImportError: matplotlib is not installed.
@@ -52,29 +63,47 @@ def plot_trace(
         >>> import matplotlib
         >>> matplotlib.use("Agg")
         >>> import numpy as np
-        >>> import adaclip
+        >>> import adaclip.tuning
         >>> norms = np.abs(np.random.default_rng(0).normal(size=200)) + 1
-        >>> ax = adaclip.plot_trace(norms, adaclip.replay(adaclip.ema(1.5, 0.9), norms))
+        >>> loss = np.linspace(2.0, 0.5, 200)
+        >>> trace = adaclip.replay(adaclip.ema(1.5, 0.9), norms)
+        >>> ax = adaclip.tuning.plot_trace(norms, trace, loss=loss)
+        >>> ax.right_ax.get_ylabel()
+        'loss'
     """
-    stats = np.asarray(statistics, dtype=np.float64)
-    threshold = np.asarray(trace.threshold, dtype=np.float64)
+    stats = np.asarray(statistics, dtype=np.float32)
+    threshold = np.asarray(trace.threshold, dtype=np.float32)
     clipped = np.asarray(trace.clipped)
     finite = np.asarray(trace.finite)
     if stats.shape != threshold.shape:
         raise ValueError(
             f"statistics has shape {stats.shape} but the trace has shape {threshold.shape}."
         )
+    if loss is not None:
+        loss = np.asarray(loss, dtype=np.float64)
+        if loss.shape != (len(stats),):
+            raise ValueError(
+                f"loss must have one value per step, shape ({len(stats)},), got {loss.shape}."
+            )
     if stats.ndim == 2:
         if leaf is None:
             raise ValueError("per-leaf statistics (2-D): pass leaf= to choose the leaf to plot.")
+        if not 0 <= leaf < stats.shape[1]:
+            raise ValueError(f"leaf must be in [0, {stats.shape[1]}), got {leaf!r}.")
         stats, threshold, clipped = stats[:, leaf], threshold[:, leaf], clipped[:, leaf]
     plt = _pyplot()
     if ax is None:
-        _, ax = plt.subplots(figsize=(8, 3))
+        _, ax = plt.subplots(figsize=(8, 3), layout="constrained")
     steps = np.arange(len(stats))
     shown = np.where(finite, stats, np.nan)
+    # The rule reported the statistic itself: no bound of its own at that step.
+    bounded = finite & (threshold != stats)
+    line = np.where(bounded, threshold, np.nan)
+    isolated = bounded & ~np.r_[False, bounded[:-1]] & ~np.r_[bounded[1:], False]
     ax.plot(steps, shown, color="0.6", lw=0.8, label="statistic")
-    ax.plot(steps, np.where(finite, threshold, np.nan), color="C0", lw=1.5, label="threshold")
+    ax.plot(steps, line, color="C0", lw=1.5, label="threshold")
+    if isolated.any():
+        ax.plot(steps[isolated], threshold[isolated], ".", color="C0", ms=4)
     if clipped.any():
         ax.scatter(steps[clipped], stats[clipped], s=8, color="C3", zorder=3, label="clipped")
     if (~finite).any():
@@ -90,10 +119,23 @@ def plot_trace(
         ax.set_yscale("log")
     ax.set_xlabel("step")
     ax.set_ylabel("norm")
+    handles, labels = ax.get_legend_handles_labels()
+    if loss is not None:
+        right = ax.twinx()
+        right.plot(steps, loss, color="C2", lw=0.8, alpha=0.6, label="loss")
+        # The norm, threshold and clipped steps stay in front of the loss.
+        ax.set_zorder(right.get_zorder() + 1)
+        ax.patch.set_visible(False)
+        right.set_ylabel("loss")
+        if log and np.nanmin(loss, initial=np.inf) > 0:  # a loss spike spans decades too
+            right.set_yscale("log")
+        ax.right_ax = right
+        more_handles, more_labels = right.get_legend_handles_labels()
+        handles, labels = handles + more_handles, labels + more_labels
     rate = clipped[finite].mean() if finite.any() else float("nan")
     title = f"clip rate {rate:.1%}"
     ax.set_title(f"{label}: {title}" if label else title, fontsize=10)
-    ax.legend(loc="upper right", fontsize=8)
+    ax.legend(handles, labels, loc="upper left", fontsize=8)
     return ax
 
 
@@ -110,7 +152,7 @@ def plot_sweep(
     With ``y=None``, a line of ``value`` against ``x`` instead.
 
     Args:
-        table: a table from [`adaclip.sweep`][adaclip.sweep] whose grid has (at least)
+        table: a table from [`adaclip.tuning.sweep`][adaclip.tuning.sweep] whose grid has (at least)
             the parameters ``x`` and ``y``; with more, each cell shows the
             mean over the others (``inf`` if any of them is ``inf``).
         x: the parameter name for the horizontal axis.
@@ -129,10 +171,13 @@ def plot_sweep(
         >>> import matplotlib
         >>> matplotlib.use("Agg")
         >>> import numpy as np
-        >>> import adaclip
+        >>> import adaclip.tuning
         >>> norms = np.abs(np.random.default_rng(0).normal(size=300)) + 1
         >>> grid = {"multiplier": [1.2, 1.5, 2.0], "decay": [0.9, 0.99]}
-        >>> ax = adaclip.plot_sweep(adaclip.sweep(adaclip.ema, norms, grid), "multiplier", "decay")
+        >>> table = adaclip.tuning.sweep(adaclip.ema, norms, grid)
+        >>> ax = adaclip.tuning.plot_sweep(table, "multiplier", "decay")
+        >>> ax.get_xlabel(), ax.get_ylabel()
+        ('multiplier', 'decay')
     """
     for name in (x, y, value):
         if name is not None and name not in table:
@@ -151,7 +196,8 @@ def plot_sweep(
                 grid[i, j] = np.mean(cell) if np.isfinite(cell).all() else np.inf
     plt = _pyplot()
     if ax is None:
-        _, ax = plt.subplots(figsize=(1 + 0.8 * len(ux), 1 + 0.5 * len(uy)))
+        size = (max(4.5, 2.0 + 0.8 * len(ux)), max(3.0, 1.5 + 0.5 * len(uy)))
+        _, ax = plt.subplots(figsize=size, layout="constrained")
     shown = np.where(np.isfinite(grid), grid, np.nan)
     image = ax.imshow(shown, origin="lower", aspect="auto", cmap="viridis")
     ax.set_xticks(range(len(ux)), [f"{v:g}" for v in ux])
@@ -178,7 +224,7 @@ def _plot_sweep_line(table: Mapping[str, Any], x: str, value: str, ax: Any) -> A
     means = [np.mean(vals[xs == v]) for v in ux]
     plt = _pyplot()
     if ax is None:
-        _, ax = plt.subplots(figsize=(6, 3.5))
+        _, ax = plt.subplots(figsize=(6, 3.5), layout="constrained")
     positions = ux if ux.dtype.kind in "iuf" else np.arange(len(ux))
     ax.plot(positions, means, "o-")
     if ux.dtype.kind not in "iuf":

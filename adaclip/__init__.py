@@ -15,6 +15,9 @@ from adaclip._ema_rules import EmaState as EmaState
 from adaclip._ema_rules import ZScoreState as ZScoreState
 from adaclip._ema_rules import ema as ema
 from adaclip._ema_rules import zscore as zscore
+from adaclip._ema_zscore import EmaZScoreState as EmaZScoreState
+from adaclip._ema_zscore import ema_zscore as ema_zscore
+from adaclip._log_space import log_space as log_space
 from adaclip._metrics import metrics as metrics
 from adaclip._plotting import plot_sweep as plot_sweep
 from adaclip._plotting import plot_trace as plot_trace
@@ -24,6 +27,8 @@ from adaclip._recipes import adagc as adagc
 from adaclip._recipes import autoclip as autoclip
 from adaclip._recipes import zclip as zclip
 from adaclip._replay import Trace as Trace
+from adaclip._rolling_rules import RollingZScoreState as RollingZScoreState
+from adaclip._rolling_rules import rolling_zscore as rolling_zscore
 from adaclip._replay import replay as replay
 from adaclip._schedule_rules import FixedState as FixedState
 from adaclip._schedule_rules import ScheduleState as ScheduleState
@@ -52,10 +57,12 @@ except importlib.metadata.PackageNotFoundError:  # pragma: no cover - source che
 __all__ = [
     "ClipState",
     "EmaState",
+    "EmaZScoreState",
     "FixedState",
     "PercentileState",
     "QuantileState",
     "Recorder",
+    "RollingZScoreState",
     "ScheduleState",
     "SkipState",
     "ThresholdRule",
@@ -70,9 +77,11 @@ __all__ = [
     "clip_by_value",
     "decaying",
     "ema",
+    "ema_zscore",
     "fixed",
     "format_table",
     "load_record",
+    "log_space",
     "maximum",
     "metrics",
     "minimum",
@@ -82,6 +91,7 @@ __all__ = [
     "plot_trace",
     "quantile",
     "replay",
+    "rolling_zscore",
     "scheduled",
     "skip_bad_steps",
     "suggest_fixed",

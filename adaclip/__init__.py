@@ -27,9 +27,9 @@ from adaclip._recipes import adagc as adagc
 from adaclip._recipes import autoclip as autoclip
 from adaclip._recipes import zclip as zclip
 from adaclip._replay import Trace as Trace
+from adaclip._replay import replay as replay
 from adaclip._rolling_rules import RollingZScoreState as RollingZScoreState
 from adaclip._rolling_rules import rolling_zscore as rolling_zscore
-from adaclip._replay import replay as replay
 from adaclip._schedule_rules import FixedState as FixedState
 from adaclip._schedule_rules import ScheduleState as ScheduleState
 from adaclip._schedule_rules import decaying as decaying

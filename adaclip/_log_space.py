@@ -16,7 +16,7 @@ _TINY = float(jnp.finfo(jnp.float32).tiny)
 
 
 def log_space(rule: ThresholdLike, *, offset: Any = 0.0, floor: Any = 0.0) -> ThresholdRule:
-    """Runs ``rule`` on $\\log(\\max(s, \\text{floor}) + \\text{offset})$ and maps its threshold back.
+    """Runs ``rule`` on the log of the statistic and maps its threshold back.
 
     With $u_t = \\log(\\max(s_t, f) + o)$ ($f$ = ``floor``, $o$ =
     ``offset``) and $T_t$ the threshold ``rule`` sets for $u_t$:

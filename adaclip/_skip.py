@@ -187,7 +187,7 @@ def skip_bad_steps(
             skip_reason=jnp.zeros([], jnp.int32),
             loss=jnp.zeros([], jnp.float32),
             loss_threshold=jnp.zeros([], jnp.float32),
-            loss_rule_state=None if loss_rule is None else loss_rule.init(jnp.zeros([], jnp.float32)),
+            loss_rule_state=None if loss_rule is None else loss_rule.init(jnp.zeros([])),
         )
 
     def update_fn(updates, state, params=None, **extra_args):

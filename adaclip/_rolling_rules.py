@@ -126,7 +126,7 @@ def rolling_zscore(
         valid = idx < n
         nf = jnp.maximum(n, 1).astype(jnp.float32)
         mean = jnp.sum(jnp.where(valid, state.buffer, 0.0), axis=0) / nf
-        dev = jnp.where(valid, state.buffer - mean, 0.0)
+        dev = jnp.where(valid, state.buffer - mean[None], 0.0)
         var = jnp.sum(jnp.square(dev), axis=0) / jnp.maximum(n - ddof, 1).astype(jnp.float32)
         std = jnp.maximum(jnp.sqrt(var), _STD_FLOOR)
         level = jnp.minimum(mean + as_f32(sigma) * std, _F32_MAX)

@@ -82,9 +82,7 @@ def test_levanter_decisions(length, sigma, seed):
     losses, norms = _sequences(150, seed)
     expected = _levanter(losses, norms, length, sigma)
     assert 5 <= expected.sum() <= 60  # the sequence exercises the rule
-    tx = _skipper(
-        adaclip.rolling_zscore(sigma, length), adaclip.rolling_zscore(sigma, length)
-    )
+    tx = _skipper(adaclip.rolling_zscore(sigma, length), adaclip.rolling_zscore(sigma, length))
     skipped, reason = _run(tx, losses, norms)
     np.testing.assert_array_equal(skipped, expected)
     assert set(reason[skipped]) <= {2, 3} and set(reason[~skipped]) == {0}

@@ -67,7 +67,10 @@ def skip_bad_steps(
     loss never enters its state). With
     [`adaclip.rolling_zscore`][adaclip.rolling_zscore] it is the loss-spike
     test of Levanter and OLMo-core; see the "Skipping spikes" docs page for
-    each trainer's one-liner.
+    each trainer's one-liner. Under ``jax.jit`` with sharded arrays the loss
+    is one global scalar; inside ``jax.pmap`` or ``jax.shard_map`` pass the
+    loss averaged over the devices (``jax.lax.pmean``), so that every device
+    takes the same decision.
 
     A skipped step returns an all-zero update and leaves every part of the
     inner optimizer state as it was (Adam's moments and step count, schedules,

@@ -398,3 +398,73 @@ def test_init_returns_distinct_buffers_and_the_state_can_be_donated():
     for i in range(3):
         params, state = step(params, state, _grads(i), jnp.float32(1.0 + i))
     assert int(state.skip_count) == 0
+
+
+_MULTIDEVICE = r"""
+import json, sys
+import jax, jax.numpy as jnp, numpy as np, optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+import adaclip
+
+assert len(jax.devices()) == 4
+rule = adaclip.rolling_zscore(2.0, 6, min_history=3)
+tx = adaclip.skip_bad_steps(
+    optax.chain(adaclip.clip_by_global_norm(rule), optax.adam(0.1)),
+    spike_factor=1.0,
+    loss_rule=rule,
+)
+rng = np.random.default_rng(0)
+steps = 24
+grads = rng.standard_normal((steps, 8, 4)).astype(np.float32)
+grads[[9, 17]] *= 30.0
+grads[13, 5, 1] = np.nan
+losses = (1.0 + 0.05 * rng.standard_normal(steps)).astype(np.float32)
+losses[[6, 20]] += 3.0
+
+def run(shard):
+    params = {"w": jnp.zeros((8, 4))}
+    if shard:
+        mesh = Mesh(np.array(jax.devices()), ("d",))
+        spec = NamedSharding(mesh, P("d"))
+        params = jax.device_put(params, spec)
+    state = tx.init(params)
+    step = jax.jit(lambda g, s, l: tx.update(g, s, params, loss=l))
+    out = []
+    for g, l in zip(grads, losses):
+        g = {"w": jax.device_put(g, spec) if shard else jnp.asarray(g)}
+        u, state = step(g, state, l)
+        out.append((bool(state.skipped), int(state.skip_reason), np.asarray(u["w"]).tolist()))
+    return out
+
+json.dump({"one": run(False), "four": run(True)}, open(sys.argv[1], "w"))
+"""
+
+
+def test_loss_and_norm_skips_on_four_devices_match_one(tmp_path):
+    """jit over gradients sharded on 4 CPU devices (FSDP): the same skip
+    decisions, reasons and updates as on one device."""
+    import json
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root), "JAX_PLATFORMS": "cpu"}
+    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+    out = tmp_path / "out.json"
+    proc = subprocess.run(
+        [sys.executable, "-c", _MULTIDEVICE, str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(out.read_text())
+    one, four = result["one"], result["four"]
+    assert [s[:2] for s in one] == [s[:2] for s in four]
+    assert sum(s[0] for s in one) >= 4  # spikes, loss spikes and the NaN were skipped
+    assert {s[1] for s in one} >= {1, 2, 3}
+    for a, b in zip(one, four, strict=True):
+        np.testing.assert_allclose(a[2], b[2], rtol=1e-6, atol=1e-7)

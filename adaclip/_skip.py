@@ -180,6 +180,7 @@ def skip_bad_steps(
                 "clip_by_leaf_norm, clip_by_value or a recipe); its state holds none."
             )
         # Every field is its own buffer, so the state can be donated.
+        scalar = jnp.zeros([], jnp.float32)
         return SkipState(
             inner_state=inner_state,
             skipped=jnp.zeros([], jnp.bool_),
@@ -190,7 +191,7 @@ def skip_bad_steps(
             skip_reason=jnp.zeros([], jnp.int32),
             loss=jnp.zeros([], jnp.float32),
             loss_threshold=jnp.zeros([], jnp.float32),
-            loss_rule_state=None if loss_rule is None else loss_rule.init(jnp.zeros([])),
+            loss_rule_state=None if loss_rule is None else loss_rule.init(scalar),
         )
 
     def update_fn(updates, state, params=None, **extra_args):

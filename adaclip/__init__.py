@@ -15,6 +15,9 @@ from adaclip._ema_rules import EmaState as EmaState
 from adaclip._ema_rules import ZScoreState as ZScoreState
 from adaclip._ema_rules import ema as ema
 from adaclip._ema_rules import zscore as zscore
+from adaclip._ema_zscore import EmaZScoreState as EmaZScoreState
+from adaclip._ema_zscore import ema_zscore as ema_zscore
+from adaclip._log_space import log_space as log_space
 from adaclip._metrics import metrics as metrics
 from adaclip._quantile import QuantileState as QuantileState
 from adaclip._quantile import quantile as quantile
@@ -23,6 +26,8 @@ from adaclip._recipes import autoclip as autoclip
 from adaclip._recipes import zclip as zclip
 from adaclip._replay import Trace as Trace
 from adaclip._replay import replay as replay
+from adaclip._rolling_rules import RollingZScoreState as RollingZScoreState
+from adaclip._rolling_rules import rolling_zscore as rolling_zscore
 from adaclip._schedule_rules import FixedState as FixedState
 from adaclip._schedule_rules import ScheduleState as ScheduleState
 from adaclip._schedule_rules import decaying as decaying
@@ -43,9 +48,11 @@ except _metadata.PackageNotFoundError:  # pragma: no cover - source checkout
 __all__ = [
     "ClipState",
     "EmaState",
+    "EmaZScoreState",
     "FixedState",
     "PercentileState",
     "QuantileState",
+    "RollingZScoreState",
     "ScheduleState",
     "SkipState",
     "ThresholdRule",
@@ -60,7 +67,9 @@ __all__ = [
     "clip_by_value",
     "decaying",
     "ema",
+    "ema_zscore",
     "fixed",
+    "log_space",
     "maximum",
     "metrics",
     "minimum",
@@ -68,6 +77,7 @@ __all__ = [
     "percentile",
     "quantile",
     "replay",
+    "rolling_zscore",
     "scheduled",
     "skip_bad_steps",
     "warmup",

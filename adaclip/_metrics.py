@@ -7,14 +7,19 @@ from typing import Any
 import jax
 
 from adaclip._clippers import ClipState
+from adaclip._find import find_states
+from adaclip._skip import SkipState
 
 METRIC_NAMES = ("norm", "threshold", "clipped", "clip_rate", "nonfinite_count")
-
-
-def _find_clip_states(tree: Any) -> list[tuple[tuple, ClipState]]:
-    is_clip = lambda x: isinstance(x, ClipState)  # noqa: E731
-    found = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_clip)[0]
-    return [(path, leaf) for path, leaf in found if is_clip(leaf)]
+SKIP_METRIC_NAMES = (
+    "skipped",
+    "skip_count",
+    "nonfinite_skip_count",
+    "spike_skip_count",
+    "loss_skip_count",
+    "skip_reason",
+)
+LOSS_METRIC_NAMES = ("loss", "loss_threshold")
 
 
 def _key_name(key: Any) -> str:
@@ -55,8 +60,18 @@ def _unwrap(value: Any) -> jax.Array:
     return leaves[0]
 
 
+def _prefixes(paths: list[tuple]) -> list[str]:
+    """One key prefix per state: none for a single state, else a short path."""
+    if len(paths) == 1:
+        return [""]
+    prefixes = _short_names(paths)
+    if len(set(prefixes)) != len(prefixes) or "" in prefixes:
+        prefixes = [jax.tree_util.keystr(path) for path in paths]
+    return [p + "/" for p in prefixes]
+
+
 def metrics(opt_state: Any) -> dict[str, jax.Array]:
-    """The clip metrics of every adaclip clipper inside an optimizer state.
+    """The clip and skip metrics of every adaclip state inside an optimizer state.
 
     Finds every [`adaclip.ClipState`][adaclip.ClipState], however deeply nested:
     ``optax.chain``, ``optax.inject_hyperparams``, ``optax.MultiSteps``,
@@ -71,8 +86,18 @@ def metrics(opt_state: Any) -> dict[str, jax.Array]:
     a chain, ``"hidden/norm"`` under ``optax.partition``; where those do not
     tell clippers apart the full tree path is used.
 
+    Every [`adaclip.SkipState`][adaclip.SkipState] of
+    [`adaclip.skip_bad_steps`][adaclip.skip_bad_steps] adds its counters:
+    ``skipped`` (the last step), ``skip_count``, and by reason
+    ``nonfinite_skip_count``, ``spike_skip_count`` and ``loss_skip_count``
+    (they sum to ``skip_count``), ``skip_reason`` of the last step (0 not
+    skipped, 1 non-finite statistic or loss, 2 clip statistic beyond its
+    bound, 3 loss beyond its threshold) and, where it has a loss rule,
+    ``loss`` and ``loss_threshold``. Several skip states are prefixed the
+    same way as clippers.
+
     Args:
-        opt_state: any pytree containing adaclip clip states.
+        opt_state: any pytree containing adaclip clip or skip states.
 
     Returns:
         A flat ``dict`` from names to arrays (empty if there is no clipper).
@@ -87,16 +112,16 @@ def metrics(opt_state: Any) -> dict[str, jax.Array]:
         >>> float(m["norm"]), float(m["threshold"]), bool(m["clipped"])
         (5.0, 1.0, True)
     """
-    found = _find_clip_states(opt_state)
-    if len(found) == 1:
-        prefixes = [""]
-    else:
-        prefixes = _short_names([path for path, _ in found])
-        if len(set(prefixes)) != len(prefixes) or "" in prefixes:
-            prefixes = [jax.tree_util.keystr(path) for path, _ in found]
-        prefixes = [p + "/" for p in prefixes]
     out: dict[str, jax.Array] = {}
-    for prefix, (_, state) in zip(prefixes, found, strict=True):
+    found = find_states(opt_state, ClipState)
+    for prefix, (_, state) in zip(_prefixes([p for p, _ in found]), found, strict=True):
         for name in METRIC_NAMES:
+            out[prefix + name] = _unwrap(getattr(state, name))
+    skips = find_states(opt_state, SkipState)
+    for prefix, (_, state) in zip(_prefixes([p for p, _ in skips]), skips, strict=True):
+        names = SKIP_METRIC_NAMES
+        if state.loss_rule_state is not None:
+            names = names + LOSS_METRIC_NAMES
+        for name in names:
             out[prefix + name] = _unwrap(getattr(state, name))
     return out

@@ -1,4 +1,4 @@
-"""Skipping a whole optimizer step when the clip statistic says it is bad."""
+"""Skipping a whole optimizer step: a non-finite step, a clip-statistic spike or a loss spike."""
 
 from __future__ import annotations
 
@@ -9,58 +9,89 @@ import jax.numpy as jnp
 import optax
 
 from adaclip import _validation
-from adaclip._base import PyTree, tree_select
-from adaclip._clippers import ClipState
+from adaclip._base import PyTree, ThresholdRule, step_rule, tree_select
+from adaclip._find import clip_states, is_clip_state
+
+# Values of SkipState.reason, in order of precedence.
+NOT_SKIPPED, NONFINITE, CLIP_STATISTIC, LOSS = 0, 1, 2, 3
 
 
 class SkipState(NamedTuple):
-    """State of [`adaclip.skip_bad_steps`][adaclip.skip_bad_steps]."""
+    """State of [`adaclip.skip_bad_steps`][adaclip.skip_bad_steps].
+
+    Every field except ``inner_state`` and ``loss_rule_state`` is reported by
+    [`adaclip.metrics`][adaclip.metrics] under its own name.
+    """
 
     inner_state: PyTree  # the wrapped optimizer's state.
     skipped: jax.Array  # bool, (): whether the last step was skipped.
     skip_count: jax.Array  # int32, (): steps skipped so far.
-    nonfinite_skip_count: jax.Array  # int32, (): of those, steps skipped for a NaN/Inf statistic.
-
-
-def _is_clip(x: Any) -> bool:
-    return isinstance(x, ClipState)
-
-
-def _clip_states(tree: PyTree) -> list[ClipState]:
-    return [x for x in jax.tree.leaves(tree, is_leaf=_is_clip) if _is_clip(x)]
+    nonfinite_skip_count: jax.Array  # int32, (): of those, for a NaN/Inf statistic or loss.
+    spike_skip_count: jax.Array  # int32, (): of those, for a clip statistic beyond its bound.
+    loss_skip_count: jax.Array  # int32, (): of those, for a loss above its threshold.
+    # int32, (): why the last step was skipped: 0 not skipped, 1 non-finite,
+    # 2 clip statistic, 3 loss (the first that applies, in that order).
+    skip_reason: jax.Array
+    loss: jax.Array  # float32, (): the last finite loss (0 without a loss_rule).
+    loss_threshold: jax.Array  # float32, (): the loss rule's threshold for it.
+    loss_rule_state: PyTree  # the loss rule's state; None without a loss_rule.
 
 
 def skip_bad_steps(
-    inner: optax.GradientTransformation, *, spike_factor: Any = None
+    inner: optax.GradientTransformation,
+    *,
+    spike_factor: Any = None,
+    loss_rule: ThresholdRule | None = None,
 ) -> optax.GradientTransformationExtraArgs:
-    """Skips the whole optimizer step when an adaclip clipper inside flags it.
+    """Skips the whole optimizer step when it is non-finite, a clip spike or a loss spike.
 
     ``inner`` is an optimizer that contains at least one adaclip clipper, e.g.
     ``optax.chain(adaclip.clip_by_global_norm(rule), optax.adam(1e-3))``. After
-    ``inner`` has run, the step is **skipped** when, for any clipper inside,
+    ``inner`` has run, the step is **skipped** when
 
-    - the statistic was NaN or infinite, or
-    - ``spike_factor`` is given and the statistic exceeded
-      ``spike_factor`` times the threshold the rule set for this step
-      (for per-leaf clipping: any leaf did),
+    - the statistic of any clipper inside was NaN or infinite, or the loss was;
+    - ``spike_factor`` is given and, for any clipper inside, the statistic
+      exceeded ``spike_factor`` times the threshold the rule set for this step
+      (for per-leaf clipping: any leaf did);
+    - ``loss_rule`` is given and the loss exceeded the threshold that
+      ``loss_rule`` sets for it,
 
-    $$\\text{skip}_t = \\lnot\\,\\mathrm{isfinite}(s_t)\\ \\lor\\
-      s_t > \\text{spike\\_factor} \\cdot c_t .$$
+    $$\\text{skip}_t = \\lnot\\,\\mathrm{isfinite}(s_t, \\ell_t)\\ \\lor\\
+      s_t > \\text{spike\\_factor} \\cdot c_t\\ \\lor\\ \\ell_t > c^{\\ell}_t .$$
+
+    **The loss** is passed the optax way, as an extra argument of ``update``:
+    ``tx.update(grads, state, params, loss=loss)`` (a scalar); extra
+    arguments, ``loss`` included, are passed on to ``inner``. The loss rule
+    is any [`adaclip.ThresholdRule`][adaclip.ThresholdRule]: it sees the loss
+    as its statistic, exactly as a clipper's rule sees a norm (a non-finite
+    loss never enters its state). With
+    [`adaclip.rolling_zscore`][adaclip.rolling_zscore] it is the loss-spike
+    test of Levanter and OLMo-core; see the "Skipping spikes" docs page for
+    each trainer's one-liner. Under ``jax.jit`` with sharded arrays the loss
+    is one global scalar; inside ``jax.pmap`` or ``jax.shard_map`` pass the
+    loss averaged over the devices (``jax.lax.pmean``), so that every device
+    takes the same decision.
 
     A skipped step returns an all-zero update and leaves every part of the
     inner optimizer state as it was (Adam's moments and step count, schedules,
-    injected hyper-parameters), except the clippers' own states, which
-    record the step as they always do: a non-finite statistic is counted in
-    ``nonfinite_count`` and kept out of the rule; a spike is seen by the rule
-    exactly as without this wrapper, so an adaptive threshold can follow a
-    genuine level shift instead of skipping forever.
+    injected hyper-parameters), except the clippers' own states and the loss
+    rule's, which record the step as they always do: a non-finite statistic
+    is counted in ``nonfinite_count`` and kept out of the rule; a spike is
+    seen by the rule exactly as without this wrapper, so an adaptive threshold
+    can follow a genuine level shift instead of skipping forever.
 
     This is ``optax.apply_if_finite`` driven by the clip statistic (no extra
-    pass over the gradients: the decision reads the clippers' states), plus
-    the loss-spike skipping of OLMo-core and Levanter when a rule's threshold
-    is the spike bound: with ``adaclip.fixed(c)`` and ``spike_factor=1`` every
-    step with norm above ``c`` is skipped; with a rule that sets
-    "mean + k std" (a z-score rule) and ``spike_factor=1`` it is their rule.
+    pass over the gradients: the decision reads the clippers' states). With
+    ``adaclip.fixed(c)`` and ``spike_factor=1`` every step with norm above
+    ``c`` is skipped; with a rule whose threshold is a spike bound ("mean + k
+    std", [`adaclip.rolling_zscore`][adaclip.rolling_zscore]) and
+    ``spike_factor=1`` it is the gradient-norm test of Levanter and OLMo-core.
+
+    [`adaclip.metrics`][adaclip.metrics] reports ``skipped``, ``skip_count``,
+    ``nonfinite_skip_count``, ``spike_skip_count``, ``loss_skip_count``
+    (the last three sum to ``skip_count``: each skip counts under its first
+    reason), ``skip_reason`` (0 not skipped, 1 non-finite, 2 clip statistic,
+    3 loss) and, with a loss rule, ``loss`` and ``loss_threshold``.
 
     With gradient accumulation, wrap this in ``optax.MultiSteps`` (not the
     other way round): ``optax.MultiSteps(adaclip.skip_bad_steps(inner), k)``
@@ -72,6 +103,9 @@ def skip_bad_steps(
         spike_factor: ``None`` (the default) to skip non-finite steps only,
             or a number > 0: a finite step whose statistic exceeds
             ``spike_factor`` times its threshold is skipped too.
+        loss_rule: ``None`` (the default), or an adaclip rule: a step whose
+            loss exceeds the rule's threshold for it is skipped, and
+            ``update`` then requires ``loss=``.
 
     Returns:
         An ``optax.GradientTransformationExtraArgs`` whose state is a
@@ -79,10 +113,12 @@ def skip_bad_steps(
         clippers inside it.
 
     Raises:
-        TypeError, ValueError: a bad ``spike_factor`` or an ``inner`` that is
-            not an optax transformation (at construction); ValueError at
-            ``init`` if ``inner``'s state holds no adaclip clipper or holds
-            an ``optax.MultiSteps``.
+        TypeError, ValueError: a bad ``spike_factor``, a ``loss_rule`` that is
+            not an adaclip rule or an ``inner`` that is not an optax
+            transformation (at construction); ValueError at ``init`` if
+            ``inner``'s state holds no adaclip clipper or holds an
+            ``optax.MultiSteps``; TypeError at the first ``update`` (when it
+            is traced) if ``loss_rule`` is set and no ``loss`` is passed.
 
     Examples:
         >>> import jax.numpy as jnp, optax
@@ -101,12 +137,32 @@ def skip_bad_steps(
         >>> updates, state = tx.update({"w": jnp.array([3.0, 4.0])}, state, params)
         >>> bool(state.skipped), int(state.inner_state[1][0].count)
         (False, 1)
+
+        Skipping on the loss (a loss above twice the previous one):
+
+        >>> tx = adaclip.skip_bad_steps(
+        ...     optax.chain(adaclip.clip_by_global_norm(1.0), optax.sgd(0.1)),
+        ...     loss_rule=adaclip.moving_average(2.0, window=1),
+        ... )
+        >>> state = tx.init(params)
+        >>> for loss in [1.0, 0.9, 5.0, 0.8]:
+        ...     _, state = tx.update({"w": jnp.ones(2)}, state, params, loss=loss)
+        ...     print(bool(state.skipped), int(adaclip.metrics(state)["skip_reason"]))
+        False 0
+        False 0
+        True 3
+        False 0
     """
     if not isinstance(inner, optax.GradientTransformation | optax.GradientTransformationExtraArgs):
         if not (hasattr(inner, "init") and hasattr(inner, "update")):
             raise TypeError(f"inner must be an optax GradientTransformation, got {inner!r}.")
     if spike_factor is not None:
         _validation.check_positive("spike_factor", spike_factor)
+    if loss_rule is not None and not isinstance(loss_rule, ThresholdRule):
+        raise TypeError(
+            f"loss_rule must be an adaclip.ThresholdRule (e.g. adaclip.rolling_zscore(6.0, 128)) "
+            f"or None, got {loss_rule!r}."
+        )
     inner = optax.with_extra_args_support(inner)
 
     def init_fn(params):
@@ -118,41 +174,91 @@ def skip_bad_steps(
                 "optax.MultiSteps(adaclip.skip_bad_steps(...), k), so that a skipped "
                 "step still resets the accumulator."
             )
-        if not _clip_states(inner_state):
+        if not clip_states(inner_state):
             raise ValueError(
                 "inner must contain an adaclip clipper (clip_by_global_norm, "
                 "clip_by_leaf_norm, clip_by_value or a recipe); its state holds none."
             )
+        # Every field is its own buffer, so the state can be donated.
+        scalar = jnp.zeros([], jnp.float32)
         return SkipState(
             inner_state=inner_state,
             skipped=jnp.zeros([], jnp.bool_),
             skip_count=jnp.zeros([], jnp.int32),
             nonfinite_skip_count=jnp.zeros([], jnp.int32),
+            spike_skip_count=jnp.zeros([], jnp.int32),
+            loss_skip_count=jnp.zeros([], jnp.int32),
+            skip_reason=jnp.zeros([], jnp.int32),
+            loss=jnp.zeros([], jnp.float32),
+            loss_threshold=jnp.zeros([], jnp.float32),
+            loss_rule_state=None if loss_rule is None else loss_rule.init(scalar),
         )
 
     def update_fn(updates, state, params=None, **extra_args):
+        loss = extra_args.get("loss")
+        if loss_rule is not None and loss is None:
+            raise TypeError(
+                "skip_bad_steps has a loss_rule, so update needs the loss: call "
+                "tx.update(grads, state, params, loss=loss)."
+            )
         new_updates, new_inner = inner.update(updates, state.inner_state, params, **extra_args)
         nonfinite = jnp.zeros([], jnp.bool_)
         spike = jnp.zeros([], jnp.bool_)
-        for old, new in zip(_clip_states(state.inner_state), _clip_states(new_inner), strict=True):
+        for old, new in zip(clip_states(state.inner_state), clip_states(new_inner), strict=True):
             bad = new.nonfinite_count > old.nonfinite_count
             nonfinite = nonfinite | bad
             if spike_factor is not None:
                 limit = jnp.asarray(spike_factor, jnp.float32) * new.threshold
                 spike = spike | (~bad & jnp.any(new.norm > limit))
-        skip = nonfinite | spike
 
-        def keep(old, new):
+        loss_spike = jnp.zeros([], jnp.bool_)
+        last_loss, loss_threshold, loss_rule_state = (
+            state.loss,
+            state.loss_threshold,
+            state.loss_rule_state,
+        )
+        if loss_rule is not None:
+            value = jnp.asarray(loss)
+            if value.size != 1:
+                raise ValueError(f"loss must be a scalar, got an array of shape {value.shape}.")
+            value = value.reshape(()).astype(jnp.float32)
+            threshold, loss_rule_state, loss_finite = step_rule(
+                loss_rule, value, state.loss_rule_state
+            )
+            nonfinite = nonfinite | ~loss_finite
+            loss_spike = loss_finite & (value > threshold)
+            last_loss = jnp.where(loss_finite, value, state.loss)
+            loss_threshold = jnp.where(loss_finite, threshold, state.loss_threshold)
+
+        spike = spike & ~nonfinite
+        loss_spike = loss_spike & ~nonfinite & ~spike
+        skip = nonfinite | spike | loss_spike
+        reason = jnp.select(
+            [nonfinite, spike, loss_spike],
+            [jnp.int32(NONFINITE), jnp.int32(CLIP_STATISTIC), jnp.int32(LOSS)],
+            jnp.int32(NOT_SKIPPED),
+        )
+
+        def keep_or_roll_back(old, new):
             # Clippers always record the step; everything else rolls back.
-            return new if _is_clip(old) else tree_select(skip, old, new)
+            return new if is_clip_state(old) else tree_select(skip, old, new)
 
-        inner_state = jax.tree.map(keep, state.inner_state, new_inner, is_leaf=_is_clip)
+        inner_state = jax.tree.map(
+            keep_or_roll_back, state.inner_state, new_inner, is_leaf=is_clip_state
+        )
         new_updates = jax.tree.map(lambda u: jnp.where(skip, jnp.zeros_like(u), u), new_updates)
+        count = lambda c, b: c + b.astype(jnp.int32)  # noqa: E731
         return new_updates, SkipState(
             inner_state=inner_state,
             skipped=skip,
-            skip_count=state.skip_count + skip.astype(jnp.int32),
-            nonfinite_skip_count=state.nonfinite_skip_count + nonfinite.astype(jnp.int32),
+            skip_count=count(state.skip_count, skip),
+            nonfinite_skip_count=count(state.nonfinite_skip_count, nonfinite),
+            spike_skip_count=count(state.spike_skip_count, spike),
+            loss_skip_count=count(state.loss_skip_count, loss_spike),
+            skip_reason=reason,
+            loss=last_loss,
+            loss_threshold=loss_threshold,
+            loss_rule_state=loss_rule_state,
         )
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

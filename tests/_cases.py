@@ -20,6 +20,10 @@ RULES = {
     "percentile": lambda: adaclip.percentile(50.0, 4),
     "zscore": lambda: adaclip.zscore(0.9, 1.5, 3),
     "quantile": lambda: adaclip.quantile(0.5, initial=2.0),
+    "rolling_zscore": lambda: adaclip.rolling_zscore(2.0, 4, min_history=2),
+    "rolling_zscore_clipped": lambda: adaclip.rolling_zscore(1.5, 5, feed="clipped", ddof=1),
+    "ema_zscore": lambda: adaclip.ema_zscore(2.0, 0.9, feed="raw"),
+    "log_space": lambda: adaclip.log_space(adaclip.ema_zscore(3.0, 0.9), offset=1.0, floor=1e-2),
 }
 
 CLIPPERS = {

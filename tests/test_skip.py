@@ -226,4 +226,245 @@ def test_state_structure_is_stable_and_metrics_readable():
         "clipped",
         "clip_rate",
         "nonfinite_count",
+        "skipped",
+        "skip_count",
+        "nonfinite_skip_count",
+        "spike_skip_count",
+        "loss_skip_count",
+        "skip_reason",
     }
+
+
+# --- Skipping on the loss ------------------------------------------------------
+
+
+def _loss_tx(loss_rule, spike_factor=None, lr=0.1):
+    inner = optax.chain(adaclip.clip_by_global_norm(adaclip.ema(3.0, 0.9)), optax.adam(lr))
+    return adaclip.skip_bad_steps(inner, spike_factor=spike_factor, loss_rule=loss_rule)
+
+
+def test_loss_spike_skips_and_leaves_adam_untouched():
+    """A loss above the loss rule's threshold (a NumPy mean + 2 std of the
+    previous 5 losses) skips the step: zero update, Adam's moments and count
+    bit-identical, reason 3; the loss enters the rule's history all the same."""
+    tx = _loss_tx(adaclip.rolling_zscore(2.0, 5, min_history=3))
+    params = _params()
+    state = tx.init(params)
+    update = jax.jit(tx.update)
+    losses = [2.0, 1.9, 1.95, 1.8, 6.0, 1.7, 1.75, 1.72, 1.6, 1.65]
+    history = []
+    for step, loss in enumerate(losses):
+        before = _adam_state(state)
+        u, state = update(_grads(step), state, params, loss=loss)
+        h = np.array(history[-5:])
+        expect = len(h) >= 3 and loss > h.mean() + 2.0 * max(h.std(), 1e-6)
+        assert bool(state.skipped) == expect, step
+        history.append(loss)
+        if expect:
+            _equal(_adam_state(state), before)
+            assert all(not np.any(np.asarray(x)) for x in jax.tree.leaves(u))
+            assert int(adaclip.metrics(state)["skip_reason"]) == 3
+    m = adaclip.metrics(state)
+    assert int(m["loss_skip_count"]) == int(m["skip_count"]) == 1
+    assert int(_adam_state(state).count) == len(losses) - 1
+    np.testing.assert_allclose(float(m["loss"]), losses[-1])
+    h = np.array(losses[-6:-1])
+    np.testing.assert_allclose(float(m["loss_threshold"]), h.mean() + 2 * h.std(), rtol=1e-5)
+
+
+def test_loss_requires_the_loss_argument_at_trace_time():
+    tx = _loss_tx(adaclip.rolling_zscore(2.0, 5))
+    params = _params()
+    state = tx.init(params)
+    with pytest.raises(TypeError, match="loss"):
+        jax.jit(tx.update)(_grads(0), state, params)
+    with pytest.raises(ValueError, match="loss must be a scalar"):
+        tx.update(_grads(0), state, params, loss=jnp.ones(3))
+    with pytest.raises(TypeError, match="loss_rule"):
+        adaclip.skip_bad_steps(adaclip.clip_by_global_norm(1.0), loss_rule=2.0)
+
+
+def test_nan_loss_is_a_nonfinite_skip_and_stays_out_of_the_rule():
+    tx = _loss_tx(adaclip.rolling_zscore(2.0, 4, min_history=2))
+    params = _params()
+    state = tx.init(params)
+    for step, loss in enumerate([1.0, 1.1, 0.9]):
+        _, state = tx.update(_grads(step), state, params, loss=loss)
+    rule_before = state.loss_rule_state
+    _, state = tx.update(_grads(3), state, params, loss=jnp.nan)
+    assert bool(state.skipped) and int(state.skip_reason) == 1
+    assert int(state.nonfinite_skip_count) == 1
+    _equal(state.loss_rule_state, rule_before)
+    assert int(adaclip.metrics(state)["nonfinite_count"]) == 0  # the gradient was fine
+
+
+def test_loss_is_passed_on_to_the_inner_optimizer():
+    """optax's extra-args convention: reduce_on_plateau inside sees the loss
+    (as ``value``), and the loss rule sees ``loss``."""
+    seen = []
+
+    def spy_update(updates, state, params=None, **extra):
+        seen.append(sorted(extra))
+        return updates, state
+
+    spy = optax.GradientTransformationExtraArgs(lambda p: optax.EmptyState(), spy_update)
+    inner = optax.chain(adaclip.clip_by_global_norm(1.0), spy)
+    tx = adaclip.skip_bad_steps(inner, loss_rule=adaclip.fixed(10.0))
+    params = _params()
+    tx.update(_grads(0), tx.init(params), params, loss=1.0)
+    assert seen == [["loss"]]
+
+
+def test_reason_precedence_and_counters_sum():
+    """A step that is both a norm spike and a loss spike counts once, as a
+    clip-statistic skip; counters by reason sum to skip_count."""
+    tx = _loss_tx(adaclip.fixed(5.0), spike_factor=2.0)
+    params = _params()
+    state = tx.init(params)
+    plan = [(1.0, 1.0, 0), (1.0, 9.0, 3), (40.0, 9.0, 2), (40.0, 1.0, 2), (1.0, 1.0, 0)]
+    for step, (scale, loss, reason) in enumerate(plan):
+        _, state = tx.update(_grads(step, scale), state, params, loss=loss)
+        assert int(state.skip_reason) == reason, step
+    m = adaclip.metrics(state)
+    assert int(m["skip_count"]) == 3
+    assert (int(m["spike_skip_count"]), int(m["loss_skip_count"])) == (2, 1)
+    assert int(m["nonfinite_skip_count"]) == 0
+
+
+def test_loss_rule_under_multisteps_and_inject_hyperparams():
+    """MultiSteps outside: the loss of the real step (the last micro-batch's,
+    as passed) decides; inject_hyperparams: a new sigma changes decisions
+    without a new compilation."""
+    params = _params()
+    tx = optax.MultiSteps(_loss_tx(adaclip.rolling_zscore(2.0, 4, min_history=2)), 2)
+    state = tx.init(params)
+    for step, loss in enumerate([1.0, 1.0, 1.1, 1.1, 0.9, 0.9, 8.0, 8.0, 1.0, 1.0]):
+        _, state = tx.update(_grads(step), state, params, loss=loss)
+        if step == 7:
+            assert bool(state.inner_opt_state.skipped)
+    assert int(state.inner_opt_state.loss_skip_count) == 1
+
+    traces = []
+
+    def make(sigma):
+        return _loss_tx(adaclip.rolling_zscore(sigma, 4, min_history=2))
+
+    injected = optax.inject_hyperparams(make)(sigma=100.0)
+    state = injected.init(params)
+
+    def step(g, state, loss):
+        traces.append(1)
+        return injected.update(g, state, params, loss=loss)
+
+    step = jax.jit(step)
+    for i, loss in enumerate([1.0, 1.1, 0.9, 3.0]):
+        _, state = step(_grads(i), state, loss)
+    assert not bool(state.inner_state.skipped)
+    state = injected.init(params)
+    state.hyperparams["sigma"] = state.hyperparams["sigma"] * 0.0 + 2.0
+    for i, loss in enumerate([1.0, 1.1, 0.9, 3.0]):
+        _, state = step(_grads(i), state, loss)
+    assert bool(state.inner_state.skipped)
+    assert len(traces) == 1
+
+
+def _shares_buffers(tree):
+    ptrs = [x.unsafe_buffer_pointer() for x in jax.tree.leaves(tree)]
+    return len(ptrs) != len(set(ptrs))
+
+
+def test_init_returns_distinct_buffers_and_the_state_can_be_donated():
+    """Every buffer of SkipState and of the loss rule's state is its own, so
+    jax.jit(step, donate_argnums=(0, 1)) runs."""
+    loss_rule = adaclip.log_space(adaclip.ema_zscore(3.0, 0.9), offset=1.0)
+    tx = adaclip.skip_bad_steps(
+        optax.chain(adaclip.clip_by_global_norm(adaclip.rolling_zscore(3.0, 8)), optax.adam(0.1)),
+        spike_factor=1.0,
+        loss_rule=loss_rule,
+    )
+    params = _params()
+    state = tx.init(params)
+    assert not _shares_buffers(state._replace(inner_state=None))
+    for rule in (adaclip.rolling_zscore(2.0, 4), adaclip.ema_zscore(2.0, 0.9), loss_rule):
+        assert not _shares_buffers(rule.init(jnp.zeros(3)))
+    if _shares_buffers(state.inner_state[0]):
+        pytest.skip("ClipState.init shares buffers (issue 14 item 1, in _clippers.py)")
+
+    def train_step(params, state, grads, loss):
+        u, state = tx.update(grads, state, params, loss=loss)
+        return optax.apply_updates(params, u), state
+
+    step = jax.jit(train_step, donate_argnums=(0, 1))
+    for i in range(3):
+        params, state = step(params, state, _grads(i), jnp.float32(1.0 + i))
+    assert int(state.skip_count) == 0
+
+
+_MULTIDEVICE = r"""
+import json, sys
+import jax, jax.numpy as jnp, numpy as np, optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+import adaclip
+
+assert len(jax.devices()) == 4
+rule = adaclip.rolling_zscore(2.0, 6, min_history=3)
+tx = adaclip.skip_bad_steps(
+    optax.chain(adaclip.clip_by_global_norm(rule), optax.adam(0.1)),
+    spike_factor=1.0,
+    loss_rule=rule,
+)
+rng = np.random.default_rng(0)
+steps = 24
+grads = rng.standard_normal((steps, 8, 4)).astype(np.float32)
+grads[[9, 17]] *= 30.0
+grads[13, 5, 1] = np.nan
+losses = (1.0 + 0.05 * rng.standard_normal(steps)).astype(np.float32)
+losses[[6, 20]] += 3.0
+
+def run(shard):
+    params = {"w": jnp.zeros((8, 4))}
+    if shard:
+        mesh = Mesh(np.array(jax.devices()), ("d",))
+        spec = NamedSharding(mesh, P("d"))
+        params = jax.device_put(params, spec)
+    state = tx.init(params)
+    step = jax.jit(lambda g, s, l: tx.update(g, s, params, loss=l))
+    out = []
+    for g, l in zip(grads, losses):
+        g = {"w": jax.device_put(g, spec) if shard else jnp.asarray(g)}
+        u, state = step(g, state, l)
+        out.append((bool(state.skipped), int(state.skip_reason), np.asarray(u["w"]).tolist()))
+    return out
+
+json.dump({"one": run(False), "four": run(True)}, open(sys.argv[1], "w"))
+"""
+
+
+def test_loss_and_norm_skips_on_four_devices_match_one(tmp_path):
+    """jit over gradients sharded on 4 CPU devices (FSDP): the same skip
+    decisions, reasons and updates as on one device."""
+    import json
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root), "JAX_PLATFORMS": "cpu"}
+    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+    out = tmp_path / "out.json"
+    proc = subprocess.run(
+        [sys.executable, "-c", _MULTIDEVICE, str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(out.read_text())
+    one, four = result["one"], result["four"]
+    assert [s[:2] for s in one] == [s[:2] for s in four]
+    assert sum(s[0] for s in one) >= 4  # spikes, loss spikes and the NaN were skipped
+    assert {s[1] for s in one} >= {1, 2, 3}
+    for a, b in zip(one, four, strict=True):
+        np.testing.assert_allclose(a[2], b[2], rtol=1e-6, atol=1e-7)

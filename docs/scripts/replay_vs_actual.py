@@ -78,7 +78,8 @@ def measure(steps, seeds):
         for seed in range(seeds):
             key_init, key_data = jax.random.split(jax.random.PRNGKey(seed))
             params, data = init_params(key_init), batches(key_data, steps)
-            norms, _ = jax.jit(lambda p, d: train(make_opt(), p, d))(params, data)
+            unclipped = make_opt()
+            norms, _ = jax.jit(lambda p, d, tx=unclipped: train(tx, p, d))(params, data)
             for rule_name, make_rule in RULES.items():
                 if make_rule is None:
                     value = float(np.percentile(np.asarray(norms), 90))

@@ -4,8 +4,9 @@ Three kinds of pages:
 
 - ``PAGES`` (README, Getting started, Home): every ``python`` block is a
   program of its own.
-- ``GUIDES``: the page is one program, its ``python`` blocks run in order as a
-  single script, as a reader pastes them one after the other.
+- ``GUIDES`` (every page under docs/guides/): the page is one program, its
+  ``python`` blocks run in order as a single script, as a reader pastes them
+  one after the other.
 - Any other page: a block right after a ``<!-- docs-test: run -->`` line runs
   as a program of its own (the other blocks there are excerpts of the
   examples, which run in tests/test_examples.py).
@@ -23,11 +24,7 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 PAGES = ["README.md", "docs/getting-started.md", "docs/index.md"]
-GUIDES = [
-    "docs/guides/baseline.md",
-    "docs/guides/replay-vs-training.md",
-    "docs/guides/clipping-and-adam.md",
-]
+GUIDES = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "docs" / "guides").glob("*.md"))
 BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
 MARKED = re.compile(r"^<!-- docs-test: run -->\n```python\n(.*?)^```", re.S | re.M)
 
@@ -46,7 +43,8 @@ SNIPPETS += [
 ]
 
 
-def test_marked_blocks_are_found():
+def test_guides_and_marked_blocks_are_found():
+    assert len(GUIDES) >= 3
     assert any(page == "docs/flax.md" for page, _, _ in SNIPPETS)
 
 

@@ -116,3 +116,11 @@ def test_no_page_loads_scripts_or_styles_from_the_network(pages):
     for name, page in pages.items():
         remote = [u for u in page.scripts + page.styles if re.match(r"(https?:)?//", u)]
         assert not remote, (name, remote)
+
+
+def test_no_sphinx_roles_on_any_page(site):
+    # Cross-references are mkdocstrings links; a Sphinx role would show as raw text.
+    for path in sorted(site.rglob("*.html")):
+        text = path.read_text(encoding="utf-8")
+        roles = re.findall(r":(?:func|class|meth|attr|mod|data|obj|exc):`", text)
+        assert not roles, (path.relative_to(site).as_posix(), roles[:3])

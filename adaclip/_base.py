@@ -142,11 +142,40 @@ def as_threshold(x: Any) -> jax.Array:
 
 
 class FixedState(NamedTuple):
-    """``fixed`` keeps no state."""
+    """State of [`adaclip.fixed`][adaclip.fixed]: empty, a constant threshold needs no memory.
+
+    A clipper given a plain number runs [`adaclip.fixed`][adaclip.fixed], so this is
+    the ``rule_state`` of its [`adaclip.ClipState`][adaclip.ClipState].
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> import adaclip
+        >>> state = adaclip.clip_by_global_norm(1.0).init({"w": jnp.zeros(3)})
+        >>> state.rule_state
+        FixedState()
+        >>> adaclip.fixed(0.5).init(jnp.zeros(()))
+        FixedState()
+    """
 
 
 class ScheduleState(NamedTuple):
-    """State of ``scheduled`` and ``decaying``."""
+    """State of [`adaclip.scheduled`][adaclip.scheduled] and [`adaclip.decaying`][adaclip.decaying].
+
+    ``count`` is the step the schedule is evaluated at. It counts finite steps
+    only: a step with a NaN or infinite gradient does not advance the schedule.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> import adaclip
+        >>> tx = adaclip.clip_by_global_norm(adaclip.decaying(1.0, 0.5))
+        >>> state = tx.init({"w": jnp.zeros(2)})
+        >>> for g in [1.0, jnp.nan, 1.0]:
+        ...     _, state = tx.update({"w": jnp.full(2, g)}, state)
+        ...     print(float(state.threshold), int(state.rule_state.count), int(state.count))
+        1.0 1 1
+        1.0 1 2
+        0.5 2 3
+    """
 
     count: jax.Array  # int32, (): finite steps taken so far.
 
@@ -242,8 +271,7 @@ def as_rule(
         _validation.check_nonnegative(name, threshold)
     except TypeError as err:
         raise TypeError(
-            f"{name} must be a number, an optax schedule or an adaclip.ThresholdRule "
-            f"({err})"
+            f"{name} must be a number, an optax schedule or an adaclip.ThresholdRule ({err})"
         ) from None
     return constant_rule(threshold)
 

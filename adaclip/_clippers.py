@@ -32,6 +32,32 @@ class ClipState(NamedTuple):
     per-leaf clipping. On a step whose statistic is not finite, ``norm``,
     ``threshold``, ``clip_rate`` and ``rule_state`` keep their previous values,
     ``clipped`` is False and ``nonfinite_count`` goes up by one.
+
+    Examples:
+        A clipper's state is a ``ClipState``; after a step it holds that step's
+        metrics:
+
+        >>> import jax.numpy as jnp
+        >>> import optax
+        >>> import adaclip
+        >>> tx = adaclip.clip_by_global_norm(1.0)
+        >>> state = tx.init({"w": jnp.zeros(2)})
+        >>> updates, state = tx.update({"w": jnp.array([3.0, 4.0])}, state)
+        >>> print(float(state.norm), float(state.threshold), bool(state.clipped))
+        5.0 1.0 True
+        >>> updates["w"]
+        Array([0.6, 0.8], dtype=float32)
+
+        Inside a chain (or any other wrapper), read it with
+        [`adaclip.metrics`][adaclip.metrics]:
+
+        >>> tx = optax.chain(adaclip.clip_by_global_norm(1.0), optax.sgd(0.1))
+        >>> opt_state = tx.init({"w": jnp.zeros(2)})
+        >>> for g in [0.5, 4.0]:
+        ...     _, opt_state = tx.update({"w": jnp.array([g, 0.0])}, opt_state)
+        >>> m = adaclip.metrics(opt_state)
+        >>> print(float(m["norm"]), float(m["clip_rate"]), int(m["nonfinite_count"]))
+        4.0 0.5 0
     """
 
     norm: jax.Array  # float32: the last finite statistic (L2 norm, or max |g|).

@@ -13,7 +13,31 @@ from adaclip._base import F32_MAX, FEEDS, ThresholdRule, as_f32
 
 
 class EmaState(NamedTuple):
-    """State of [`adaclip.ema`][adaclip.ema]."""
+    """State of [`adaclip.ema`][adaclip.ema]: the biased EMA and how many statistics fed it.
+
+    The threshold is ``multiplier`` times the bias-corrected EMA,
+    ``ema / (1 - decay**count)``; with ``feed="clipped"`` the EMA is fed the
+    clipped statistic, so a spike moves it no further than the threshold.
+
+    Examples:
+        The state is the clipper's ``rule_state``:
+
+        >>> import jax.numpy as jnp
+        >>> import adaclip
+        >>> tx = adaclip.clip_by_global_norm(adaclip.ema(2.0, 0.9))
+        >>> state = tx.init({"w": jnp.zeros(1)})
+        >>> state.rule_state
+        EmaState(ema=Array(0., dtype=float32), count=Array(0, dtype=int32))
+        >>> for g in [1.0, 2.0, 10.0]:
+        ...     _, state = tx.update({"w": jnp.array([g])}, state)
+        ...     print(f"{float(state.threshold):.3f} {bool(state.clipped)}")
+        1.000 False
+        2.000 False
+        3.053 True
+        >>> ema, count = state.rule_state
+        >>> print(f"{float(ema / (1 - 0.9 ** count)):.3f}")  # fed 1, 2, then 3.053
+        2.090
+    """
 
     ema: jax.Array  # float32, statistic's shape: biased EMA of the fed statistics.
     count: jax.Array  # int32, (): statistics fed so far (finite steps taken).
@@ -114,7 +138,27 @@ _ZSCORE_EPS = 1e-6  # ZClip's eps in z = (s - mean) / (std + eps).
 
 
 class ZScoreState(NamedTuple):
-    """State of [`adaclip.zscore`][adaclip.zscore]."""
+    """State of [`adaclip.zscore`][adaclip.zscore]: the running mean and variance of the norm.
+
+    During the warm-up ``mean`` is the plain running mean and ``var`` the sum of
+    squared deviations from it (Welford's update); at the end of the warm-up
+    ``var`` becomes the population variance, and from then on both are
+    exponential moving averages with weight ``alpha``.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> import adaclip
+        >>> tx = adaclip.clip_by_global_norm(adaclip.zscore(warmup_steps=3))
+        >>> state = tx.init({"w": jnp.zeros(1)})
+        >>> for g in [1.0, 2.0, 3.0]:
+        ...     _, state = tx.update({"w": jnp.array([g])}, state)
+        >>> mean, var, count = state.rule_state
+        >>> print(f"{float(mean):.4f} {float(var):.4f} {int(count)}")
+        2.0000 0.6667 3
+        >>> _, state = tx.update({"w": jnp.array([20.0])}, state)  # a spike
+        >>> print(bool(state.clipped), f"{float(state.threshold):.3f}")
+        True 2.231
+    """
 
     mean: jax.Array  # float32, statistic's shape: running mean (warm-up), then EMA.
     # float32, statistic's shape: during warm-up the sum of squared deviations

@@ -18,7 +18,25 @@ _HIGH = F32_MAX
 
 
 class QuantileState(NamedTuple):
-    """State of [`adaclip.quantile`][adaclip.quantile]."""
+    """State of [`adaclip.quantile`][adaclip.quantile]: the current quantile estimate.
+
+    The estimate is the threshold of the next step. It grows by the factor
+    ``exp(learning_rate * target)`` after a step that was clipped and shrinks by
+    ``exp(-learning_rate * (1 - target))`` after one that was not.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> import adaclip
+        >>> rule = adaclip.quantile(0.5, learning_rate=0.2, initial=1.0)
+        >>> tx = adaclip.clip_by_global_norm(rule)
+        >>> state = tx.init({"w": jnp.zeros(1)})
+        >>> for g in [3.0, 3.0, 0.5]:
+        ...     _, state = tx.update({"w": jnp.array([g])}, state)
+        ...     print(bool(state.clipped), f"{float(state.rule_state.estimate):.4f}")
+        True 1.1052
+        True 1.2214
+        False 1.1052
+    """
 
     estimate: jax.Array  # float32, statistic's shape: the current quantile estimate C.
 

@@ -17,6 +17,19 @@ class Trace(NamedTuple):
     Every field has the shape of the statistics given to [`adaclip.replay`][adaclip.replay]
     (``(steps,)`` for a global statistic, ``(steps, n_leaves)`` per leaf),
     except ``finite``, which has one entry per step.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> import adaclip
+        >>> trace = adaclip.replay(adaclip.fixed(1.0), jnp.array([0.5, 2.0, jnp.nan, 3.0]))
+        >>> trace.clipped
+        Array([False,  True, False,  True], dtype=bool)
+        >>> trace.clipped_statistic
+        Array([0.5, 1. , nan, 1. ], dtype=float32)
+        >>> trace.finite
+        Array([ True,  True, False,  True], dtype=bool)
+        >>> print(f"{float(trace.clipped[trace.finite].mean()):.3f}")  # clip rate
+        0.667
     """
 
     threshold: jax.Array  # float32: the threshold in force at each step.

@@ -17,10 +17,28 @@ NOT_SKIPPED, NONFINITE, CLIP_STATISTIC, LOSS = 0, 1, 2, 3
 
 
 class SkipState(NamedTuple):
-    """State of [`adaclip.skip_bad_steps`][adaclip.skip_bad_steps].
+    """State of [`adaclip.skip_bad_steps`][adaclip.skip_bad_steps]: the wrapped
+    optimizer's state and a count of the steps it did not take.
 
+    On a skipped step the update is zeros and ``inner_state`` is left as it was.
     Every field except ``inner_state`` and ``loss_rule_state`` is reported by
     [`adaclip.metrics`][adaclip.metrics] under its own name.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> import optax
+        >>> import adaclip
+        >>> tx = adaclip.skip_bad_steps(
+        ...     optax.chain(adaclip.clip_by_global_norm(1.0), optax.sgd(0.1)), spike_factor=10.0
+        ... )
+        >>> params = {"w": jnp.zeros(2)}
+        >>> state = tx.init(params)
+        >>> for g in [1.0, jnp.nan, 1.0]:
+        ...     updates, state = tx.update({"w": jnp.full(2, g)}, state, params)
+        ...     print(bool(state.skipped), int(state.skip_count), int(state.nonfinite_skip_count))
+        False 0 0
+        True 1 1
+        False 1 1
     """
 
     inner_state: PyTree  # the wrapped optimizer's state.

@@ -14,9 +14,24 @@ from adaclip._base import F32_MAX, FEEDS, ThresholdRule, as_f32
 
 
 class WindowState(NamedTuple):
-    """A ring buffer of the last ``window`` statistics.
+    """A ring buffer of the last ``window`` statistics: the state of
+    [`adaclip.moving_average`][adaclip.moving_average].
 
-    Slots not yet written hold zeros; ``count`` tells how many are valid.
+    Slots not yet written hold zeros; ``count`` tells how many are valid. The
+    statistic of step ``count`` (counting from 0) goes to slot
+    ``count % window``, overwriting the oldest.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> import adaclip
+        >>> tx = adaclip.clip_by_global_norm(adaclip.moving_average(2.0, window=3))
+        >>> state = tx.init({"w": jnp.zeros(1)})
+        >>> state.rule_state
+        WindowState(buffer=Array([0., 0., 0.], dtype=float32), count=Array(0, dtype=int32))
+        >>> for g in [1.0, 2.0, 3.0, 4.0]:
+        ...     _, state = tx.update({"w": jnp.array([g])}, state)
+        >>> state.rule_state
+        WindowState(buffer=Array([4., 2., 3.], dtype=float32), count=Array(4, dtype=int32))
     """
 
     buffer: jax.Array  # float32, (window, *statistic.shape)
@@ -116,7 +131,28 @@ _EMPTY = F32_MAX  # the filler of unwritten slots sorts last
 
 class PercentileState(NamedTuple):
     """State of [`adaclip.percentile`][adaclip.percentile]: a ring buffer and a sorted
-    copy of it."""
+    copy of it.
+
+    ``buffer`` is a ring buffer as in [`adaclip.WindowState`][adaclip.WindowState];
+    ``sorted`` holds the same values in ascending order (slots not yet written
+    sort last, as the float32 maximum), so a percentile is read without sorting.
+    Both are ``window`` long: [`adaclip.autoclip`][adaclip.autoclip]'s default
+    window of 10 000 makes two float32 arrays of that length.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> import adaclip
+        >>> tx = adaclip.clip_by_global_norm(adaclip.percentile(50.0, window=4))
+        >>> state = tx.init({"w": jnp.zeros(1)})
+        >>> for g in [3.0, 1.0, 4.0, 1.5, 5.0]:
+        ...     _, state = tx.update({"w": jnp.array([g])}, state)
+        >>> state.rule_state.buffer
+        Array([5. , 1. , 4. , 1.5], dtype=float32)
+        >>> state.rule_state.sorted
+        Array([1. , 1.5, 4. , 5. ], dtype=float32)
+        >>> adaclip.autoclip().init({"w": jnp.zeros(1)}).rule_state.sorted.shape
+        (10000,)
+    """
 
     buffer: jax.Array  # float32, (window, *statistic.shape): statistics in arrival order.
     sorted: jax.Array  # float32, (window, *statistic.shape): the same, ascending; tail = max.

@@ -1,0 +1,63 @@
+"""Every public name has a real docstring with a runnable Examples section.
+
+The public names are ``adaclip.__all__`` and the ``__all__`` of every public
+subpackage or module of adaclip, at any depth (found with pkgutil, so a new one is checked as
+soon as it exists). The doctests themselves run through pytest's
+``--doctest-modules`` over ``adaclip/``; this test makes sure there is one.
+"""
+
+import importlib
+import inspect
+import pkgutil
+import re
+
+import pytest
+
+import adaclip
+
+
+def _public_modules():
+    modules = [adaclip]
+    for info in pkgutil.walk_packages(adaclip.__path__, "adaclip."):
+        if not any(part.startswith("_") for part in info.name.split(".")):
+            modules.append(importlib.import_module(info.name))
+    return modules
+
+
+MODULES = _public_modules()
+NAMES = [(module, name) for module in MODULES for name in getattr(module, "__all__", ()) if name]
+
+
+def _doc(obj):
+    # The object's own docstring, not one inherited from a base class.
+    doc = obj.__dict__.get("__doc__") if inspect.isclass(obj) else obj.__doc__
+    return inspect.cleandoc(doc) if isinstance(doc, str) else ""
+
+
+@pytest.mark.parametrize("module", MODULES, ids=[m.__name__ for m in MODULES])
+def test_public_module_has_all_and_docstring(module):
+    assert len(_doc(module).split("\n")[0]) >= 20, f"{module.__name__} lacks a docstring"
+    assert getattr(module, "__all__", None), f"{module.__name__} lacks __all__"
+
+
+@pytest.mark.parametrize("module, name", NAMES, ids=[f"{m.__name__}.{n}" for m, n in NAMES])
+def test_public_name_has_docstring_with_examples(module, name):
+    obj = getattr(module, name)
+    qualname = f"{module.__name__}.{name}"
+    if inspect.ismodule(obj):
+        assert len(_doc(obj).split("\n")[0]) >= 20, f"{qualname} lacks a docstring"
+        return
+    doc = _doc(obj)
+    summary = doc.split("\n")[0]
+    assert doc, f"{qualname} has no docstring"
+    # A NamedTuple without a docstring gets "Name(field, ...)" from Python.
+    assert not re.fullmatch(rf"{re.escape(obj.__name__)}\(.*\)", summary), (
+        f"{qualname}: only Python's generated docstring"
+    )
+    assert len(summary) >= 20, f"{qualname}: summary line too short: {summary!r}"
+    examples = re.search(r"^Examples?:\n(.*?)(?=^\S|\Z)", doc, re.M | re.S)
+    assert examples, f"{qualname} has no Examples: section"
+    assert ">>> " in examples.group(1), f"{qualname}: Examples has no doctest"
+    assert not re.search(r":(func|class|meth|attr|mod|data|obj):`", doc), (
+        f"{qualname}: Sphinx role instead of a mkdocstrings cross-reference"
+    )

@@ -40,9 +40,9 @@ from adaclip._window_rules import WindowState as WindowState
 from adaclip._window_rules import moving_average as moving_average
 from adaclip._window_rules import percentile as percentile
 
-# The host-side tuning tools, as a public subpackage (``adaclip.tuning``); it
-# uses only the names above.
-from adaclip import tuning as tuning  # noqa: E402
+# isort: split
+# The host-side tuning tools, a public subpackage that uses only the names above.
+from adaclip import tuning as tuning
 
 try:
     __version__ = _metadata.version("adaclip")

@@ -141,6 +141,12 @@ def as_threshold(x: Any) -> jax.Array:
     return x
 
 
+def increment(count: jax.Array) -> jax.Array:
+    """``count + 1``, held at the int32 maximum (``optax.safe_increment``,
+    typed as an array)."""
+    return jnp.asarray(optax.safe_increment(count))
+
+
 class FixedState(NamedTuple):
     """State of [`adaclip.fixed`][adaclip.fixed]: empty, a constant threshold needs no memory.
 
@@ -205,7 +211,7 @@ def schedule_rule(schedule: Schedule) -> ThresholdRule:
         threshold = as_threshold(schedule(state.count))
         threshold = jnp.maximum(threshold, jnp.zeros([], threshold.dtype))
         threshold = jnp.broadcast_to(threshold, jnp.shape(statistic))
-        return threshold, ScheduleState(count=optax.safe_increment(state.count))
+        return threshold, ScheduleState(count=increment(state.count))
 
     return ThresholdRule(init_fn, update_fn)
 

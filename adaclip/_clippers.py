@@ -16,6 +16,7 @@ from adaclip._base import (
     PyTree,
     ThresholdLike,
     as_rule,
+    increment,
     reported_threshold,
     saturating_f32,
     step_rule,
@@ -166,7 +167,7 @@ def _make_clipper(
             clipped=clipped,
             clip_rate=jnp.where(finite, clip_rate, state.clip_rate),
             nonfinite_count=state.nonfinite_count + (~finite).astype(jnp.int32),
-            count=optax.safe_increment(state.count),
+            count=increment(state.count),
             rule_state=rule_state,
         )
         return jax.tree.unflatten(treedef, new_leaves), new_state

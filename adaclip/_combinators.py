@@ -7,10 +7,9 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import optax
 
 from adaclip import _validation
-from adaclip._base import PyTree, ThresholdLike, ThresholdRule, as_f32, as_rule
+from adaclip._base import PyTree, ThresholdLike, ThresholdRule, as_f32, as_rule, increment
 
 
 def _bound_rule(name: str, bound: ThresholdLike | None) -> ThresholdRule | None:
@@ -238,6 +237,6 @@ def warmup(rule: ThresholdLike, steps: Any, during: ThresholdLike) -> ThresholdR
         c_main, s_main = main.update(statistic, state.rule)
         c_early, s_early = early.update(statistic, state.during)
         threshold = jnp.where(state.count < steps, as_f32(c_early), as_f32(c_main))
-        return threshold, WarmupState(s_main, s_early, optax.safe_increment(state.count))
+        return threshold, WarmupState(s_main, s_early, increment(state.count))
 
     return ThresholdRule(init_fn, update_fn)

@@ -6,10 +6,9 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import optax
 
 from adaclip import _validation
-from adaclip._base import F32_MAX, FEEDS, ThresholdRule, as_f32
+from adaclip._base import F32_MAX, FEEDS, ThresholdRule, as_f32, increment
 
 
 class EmaState(NamedTuple):
@@ -127,7 +126,7 @@ def ema(
         fed = jnp.minimum(statistic, threshold) if feed == "clipped" else statistic
         beta = as_f32(decay)
         new_ema = beta * state.ema + (1.0 - beta) * fed
-        return threshold, EmaState(ema=new_ema, count=optax.safe_increment(state.count))
+        return threshold, EmaState(ema=new_ema, count=increment(state.count))
 
     return ThresholdRule(init_fn, update_fn)
 
@@ -277,7 +276,7 @@ def zscore(
 
         # Warm-up: Welford's running mean and sum of squared deviations; at the
         # last warm-up step the sum becomes the population variance.
-        n = optax.safe_increment(state.count)
+        n = increment(state.count)
         delta = s - state.mean
         w_mean = state.mean + delta / n.astype(jnp.float32)
         w_m2 = state.var + delta * (s - w_mean)

@@ -93,13 +93,12 @@ def _reduce_sum(y: jax.Array) -> jax.Array:
 
 def _sumsq(x: jax.Array, scale: jax.Array) -> jax.Array:
     """``sum(|x * scale|**2)`` in ``scale``'s dtype."""
-    total = None
+    sums = []
     for part in _real_parts(x):
         y = convert(part, scale.dtype)
         y = lax.mul(y, lax.broadcast_in_dim(scale, y.shape, ()))
-        s = _reduce_sum(lax.mul(y, y))
-        total = s if total is None else lax.add(total, s)
-    return total
+        sums.append(_reduce_sum(lax.mul(y, y)))
+    return functools.reduce(lax.add, sums)
 
 
 def _maxabs(x: jax.Array, scale: jax.Array) -> jax.Array:
@@ -117,12 +116,11 @@ def _nan_probe(x: jax.Array, dtype: Any) -> jax.Array:
     Scaled by ``2**-100`` so that huge finite values cannot overflow the sum
     into ``inf - inf``.
     """
-    total = None
-    for part in _real_parts(x):
-        y = convert(part, dtype)
-        s = _reduce_sum(lax.mul(y, lax.full_like(y, 2.0**-100)))
-        total = s if total is None else lax.add(total, s)
-    return total
+    sums = [
+        _reduce_sum(lax.mul(y, lax.full_like(y, 2.0**-100)))
+        for y in (convert(part, dtype) for part in _real_parts(x))
+    ]
+    return functools.reduce(lax.add, sums)
 
 
 def _rescaling(dtype: Any) -> tuple[float, float]:

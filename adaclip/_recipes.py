@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import optax
 
 from adaclip import _validation
-from adaclip._base import F32_MAX, ThresholdRule, as_f32
+from adaclip._base import F32_MAX, ThresholdRule, as_f32, increment
 from adaclip._clippers import clip_by_global_norm, clip_by_leaf_norm
 from adaclip._combinators import minimum
 from adaclip._ema_rules import zscore
@@ -275,7 +275,7 @@ def _adagc_rule(
         in_warmup = state.count < warmup_steps
         threshold = jnp.where(in_warmup, w_threshold, a_threshold)
         gamma = jnp.where(in_warmup, w_gamma, a_gamma)
-        return threshold, AdaGCState(gamma=gamma, count=optax.safe_increment(state.count))
+        return threshold, AdaGCState(gamma=gamma, count=increment(state.count))
 
     return ThresholdRule(init_fn, update_fn)
 

@@ -6,11 +6,10 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import optax
 from jax import lax
 
 from adaclip import _validation
-from adaclip._base import F32_MAX, FEEDS, ThresholdRule, as_f32
+from adaclip._base import F32_MAX, FEEDS, ThresholdRule, as_f32, increment
 
 
 class WindowState(NamedTuple):
@@ -50,7 +49,7 @@ def window_push(state: WindowState, value: jax.Array, window: int) -> WindowStat
     """Writes ``value`` over the oldest slot. O(size of one statistic)."""
     slot = lax.rem(state.count, jnp.int32(window))
     buffer = lax.dynamic_update_index_in_dim(state.buffer, as_f32(value), slot, axis=0)
-    return WindowState(buffer=buffer, count=optax.safe_increment(state.count))
+    return WindowState(buffer=buffer, count=increment(state.count))
 
 
 def window_filled(state: WindowState, window: int) -> jax.Array:

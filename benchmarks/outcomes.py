@@ -149,7 +149,7 @@ def stdlib_text(n_train=40, n_val=8, max_bytes=60_000):
     return encode(train), encode(val), [p.name for p in train], [p.name for p in val]
 
 
-def lstm_task(hidden=32, embed=16, seq_len=20, batch=16, steps=800, lrs=(0.1, 0.3, 1.0, 3.0)):
+def lstm_task(hidden=32, embed=16, seq_len=20, batch=16, steps=800, lrs=(3.0, 10.0, 20.0, 40.0)):
     vocab = 97
     train_np, val_np, _, _ = stdlib_text()
     train_text = jnp.asarray(train_np)
@@ -747,9 +747,8 @@ def tables(tasks, results, rows, cells, loss, diverged, ratio, oracle, clip_rate
             med = np.median(n) if n.size else np.nan
             first = np.median(norms[j][:, : t.steps // 10])
             last = np.median(norms[j][:, -t.steps // 10 :])
-            stats.append(
-                f"{fmt(first)} → {fmt(last)} (max {fmt(n.max() if n.size else np.nan)}, median {fmt(med)})"
-            )
+            top = fmt(n.max() if n.size else np.nan)
+            stats.append(f"{fmt(first)} → {fmt(last)} (max {top}, median {fmt(med)})")
         lines += [
             "",
             "Unclipped run's gradient norm, median of the first and last 10% of steps: "

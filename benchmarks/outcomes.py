@@ -12,10 +12,12 @@ that loss is not finite or is above the loss at initialisation.
     PYTHONPATH=. python benchmarks/outcomes.py            # the full run (see docs/outcomes.md)
     PYTHONPATH=. python benchmarks/outcomes.py --smoke    # seconds: every task and strategy, tiny
 
-Writes, under ``--out`` (default ``docs/``): ``outcomes_tables.md`` (a table per
-task, the summary per strategy, the replay check), ``img/outcomes.png`` (the
-heatmap), ``img/outcomes_norms.png`` (norms against thresholds) and
-``outcomes.json`` (every number the tables are made of).
+Writes, under ``--out`` (default ``docs/``): the tables (a table per task, the
+summary per strategy, the replay check) between the markers of
+``outcomes.md`` when that page exists (else into ``outcomes_tables.md``),
+``img/outcomes.png`` (the heatmap) and ``img/outcomes_norms.png`` (norms
+against thresholds); and every number the tables are made of to ``--json``
+(default ``benchmarks/outcomes.json``).
 
 Runs that share a structure are one program: ``jax.vmap`` maps a whole
 training run over seeds, learning rates and, for the fixed thresholds, over
@@ -28,6 +30,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import pathlib
 import platform
 import sysconfig
@@ -797,10 +800,17 @@ def build_tasks(smoke):
     return [adding_task(), lstm_task(), regression_task(), digits_task(), transformer_task()]
 
 
+BEGIN, END = (
+    "<!-- outcomes: begin (written by benchmarks/outcomes.py) -->",
+    "<!-- outcomes: end -->",
+)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="tiny tasks, a few steps")
     parser.add_argument("--out", default="docs", help="output folder (tables, json, img/)")
+    parser.add_argument("--json", default="benchmarks/outcomes.json", help="where the numbers go")
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--only", default=None, help="comma-separated task names")
     parser.add_argument("--strategies", default=None, help="comma-separated strategy keys")
@@ -835,13 +845,19 @@ def main(argv=None):
     if all(k in STRATEGIES for k in REPLAYED):
         rep = replay_check(replay_task, results[replay_task.name], seeds)
     text = tables(tasks, results, rows, cells, loss, diverged, ratio, oracle, clip_rate, summ, rep)
-    machine = f"{platform.machine()}, {jax.device_count()} {jax.default_backend()} device(s)"
+    machine = f"{platform.machine()} with {os.cpu_count()} cores, {jax.default_backend()} backend"
     text = (
         f"Run: `python benchmarks/outcomes.py{' --smoke' if args.smoke else ''}` on {machine}, "
         f"jax {jax.__version__}, {len(seeds)} seeds; training took {trained / 60:.1f} minutes "
         f"(this invocation {elapsed / 60:.1f}).\n\n" + text
     )
-    (out / "outcomes_tables.md").write_text(text)
+    page = out / "outcomes.md"
+    if page.exists() and BEGIN in page.read_text():
+        before, rest = page.read_text().split(BEGIN, 1)
+        after = rest.split(END, 1)[1]
+        page.write_text(f"{before}{BEGIN}\n{text}{END}{after}")
+    else:
+        (out / "outcomes_tables.md").write_text(text)
     heatmap(tasks, rows, cells, ratio, diverged, len(seeds), out / "img" / "outcomes.png")
     norms_plot(tasks, results, out / "img" / "outcomes_norms.png")
     blob = {
@@ -856,7 +872,8 @@ def main(argv=None):
         "summary": summ,
         "replay": rep,
     }
-    (out / "outcomes.json").write_text(json.dumps(blob, indent=1))
+    pathlib.Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    pathlib.Path(args.json).write_text(json.dumps(blob, indent=1))
     print(text)
     print(f"total {elapsed:.0f} s; written to {out}/")
 

@@ -69,7 +69,15 @@ def test_spearman_matches_numpy_ranks():
 
 def test_smoke_run_writes_every_output(tmp_path):
     result = subprocess.run(
-        [sys.executable, str(SCRIPT), "--smoke", "--out", str(tmp_path)],
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--smoke",
+            "--out",
+            str(tmp_path),
+            "--json",
+            str(tmp_path / "outcomes.json"),
+        ],
         capture_output=True,
         text=True,
         timeout=900,

@@ -382,11 +382,6 @@ def transformer_task(
 FIXED = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
 
 
-def recommended():
-    """The recommended default (see docs/outcomes.md for why)."""
-    return adaclip.clip_by_global_norm(adaclip.ema(2.0, 0.99, feed="raw"))
-
-
 STRATEGIES: dict[str, tuple[Callable[[jax.Array], Any], tuple[float, ...]]] = {
     "no clipping": (lambda h: None, (0.0,)),
     "fixed": (lambda h: adaclip.clip_by_global_norm(h), FIXED),
@@ -420,8 +415,10 @@ STRATEGIES: dict[str, tuple[Callable[[jax.Array], Any], tuple[float, ...]]] = {
         ),
         (0.0,),
     ),
-    "recommended": (lambda h: recommended(), (0.0,)),
 }
+
+# The recommended default: one of the candidates above (see docs/outcomes.md for why).
+RECOMMENDED = "ema(2, .99, raw)"
 
 
 def strategy_rows():
@@ -431,7 +428,7 @@ def strategy_rows():
         if key == "fixed":
             rows += [(f"fixed {h:g}", key, i) for i, h in enumerate(hps)]
         else:
-            rows.append((key, key, 0))
+            rows.append((f"{key} (recommended)" if key == RECOMMENDED else key, key, 0))
     return rows
 
 
@@ -471,7 +468,7 @@ def make_runner(task: Task, build: Callable[[jax.Array], Any]):
     return jax.jit(jax.vmap(run))
 
 
-def run_task(task: Task, seeds, keys=None, cache=None, log=print):
+def run_task(task: Task, seeds, keys=None, cache=None, reverse=False, log=print):
     """Strategies on one task: {strategy key: arrays of shape (hp, lr, seed, ...)}.
 
     With ``cache`` (a folder), each strategy's results are saved there and
@@ -479,7 +476,8 @@ def run_task(task: Task, seeds, keys=None, cache=None, log=print):
     same (runs are deterministic, so a strategy added later is trained alone).
     """
     out = {}
-    for key, (build, hps) in STRATEGIES.items():
+    order = list(STRATEGIES.items())
+    for key, (build, hps) in reversed(order) if reverse else order:
         if keys is not None and key not in keys:
             continue
         tag = f"{task.title}|{task.optimizer_name}|{task.steps}|{task.lrs}|{key}|{hps}|{seeds}"
@@ -571,7 +569,9 @@ REPLAYED = (
     "autoclip()",
     "zclip(None)",
     "zclip()",
-    "recommended",
+    "ema(2, .99, raw)",
+    "ema(1, .99, raw)",
+    "warmup(ema, 100, autoclip)",
 )
 
 
@@ -592,7 +592,11 @@ def replay_check(task: Task, results, seeds):
         "autoclip()": lambda: adaclip.percentile(10.0, 10_000),
         "zclip(None)": lambda: adaclip.zscore(),
         "zclip()": lambda: adaclip.minimum(adaclip.zscore(), 1.0),
-        "recommended": lambda: adaclip.ema(2.0, 0.99, feed="raw"),
+        "ema(2, .99, raw)": lambda: adaclip.ema(2.0, 0.99, feed="raw"),
+        "ema(1, .99, raw)": lambda: adaclip.ema(1.0, 0.99, feed="raw"),
+        "warmup(ema, 100, autoclip)": lambda: adaclip.warmup(
+            adaclip.ema(2.0, 0.99), 100, during=adaclip.percentile(10.0, 100)
+        ),
     }
     rows = []
     for j, lr in enumerate(task.lrs):
@@ -680,8 +684,10 @@ def heatmap(tasks, rows, cells, ratio, diverged, n_seeds, path):
     plt.close(fig)
 
 
-def norms_plot(tasks, results, path, names=("no clipping", "ema(2, .99)", "recommended")):
-    names = [n for n in names if n in STRATEGIES]
+def norms_plot(tasks, results, path):
+    names = [
+        n for n in ("no clipping", "ema(2, .99)", "autoclip()", RECOMMENDED) if n in STRATEGIES
+    ]
     import matplotlib
 
     matplotlib.use("Agg")
@@ -772,10 +778,26 @@ def tables(tasks, results, rows, cells, loss, diverged, ratio, oracle, clip_rate
         )
     if rep:
         lines += ["", "### Replay check", ""]
+        for lr in dict.fromkeys(row["lr"] for row in rep):
+            sub = [row for row in rep if row["lr"] == lr]
+            rho_clip = spearman(
+                [row["replay_clip_rate"] for row in sub], [row["train_clip_rate"] for row in sub]
+            )
+            rho_thr = spearman(
+                [row["replay_mean_threshold"] for row in sub],
+                [row["train_mean_threshold"] for row in sub],
+            )
+            err = np.mean([abs(row["replay_clip_rate"] - row["train_clip_rate"]) for row in sub])
+            lines.append(
+                f"lr {lr:g}: Spearman rank correlation of replay against training over the "
+                f"{len(sub)} rules: clip rate {rho_clip:+.2f}, mean threshold {rho_thr:+.2f}; "
+                f"mean absolute clip-rate error {err:.0%}.  "
+            )
         lines += [
+            "",
             "| lr | rule | clip rate: replay / training | mean threshold: replay / training |",
-            "|---|---|---|---|",
         ]
+        lines += ["|---|---|---|---|"]
         for row in rep:
             lines.append(
                 f"| {row['lr']:g} | {row['rule']} | {row['replay_clip_rate']:.0%} / "
@@ -815,6 +837,11 @@ def main(argv=None):
     parser.add_argument("--only", default=None, help="comma-separated task names")
     parser.add_argument("--strategies", default=None, help="comma-separated strategy keys")
     parser.add_argument("--cache", default=None, help="folder to keep each strategy's results in")
+    parser.add_argument(
+        "--reverse",
+        action="store_true",
+        help="train the strategies in reverse order (with --cache)",
+    )
     args = parser.parse_args(argv)
     out = pathlib.Path(args.out)
     (out / "img").mkdir(parents=True, exist_ok=True)
@@ -833,7 +860,7 @@ def main(argv=None):
         print(f"{t.name}: {t.title}; lrs {t.lrs}; {t.steps} steps", flush=True)
         # the smoke run trains every strategy on one task, and the others unclipped
         keys = None if not args.smoke or t.name == "regression" else {"no clipping"}
-        results[t.name] = run_task(t, seeds, keys, cache=args.cache)
+        results[t.name] = run_task(t, seeds, keys, cache=args.cache, reverse=args.reverse)
     elapsed = time.perf_counter() - start
     # with a cache, the time is that of training every strategy, whenever it ran
     trained = sum(r["time"] for res in results.values() for r in res.values())

@@ -309,7 +309,7 @@ def digits_task(width=64, batch=32, steps=1500, lrs=(3e-3, 1e-2, 3e-2, 1e-1), ju
 
 # --- 5. A small transformer on a synthetic sorting task.
 def transformer_task(
-    n_tok=8, vocab=16, d=24, heads=2, layers=2, batch=16, steps=800, lrs=(3e-3, 1e-2, 3e-2, 1e-1)
+    n_tok=8, vocab=16, d=16, heads=2, layers=2, batch=16, steps=600, lrs=(3e-3, 1e-2, 3e-2, 1e-1)
 ):
     def make_batch(key, n):
         x = jax.random.randint(key, (n, n_tok), 0, vocab)

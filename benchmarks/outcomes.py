@@ -468,7 +468,7 @@ def make_runner(task: Task, build: Callable[[jax.Array], Any]):
     return jax.jit(jax.vmap(run))
 
 
-def run_task(task: Task, seeds, keys=None, cache=None, reverse=False, log=print):
+def run_task(task: Task, seeds, keys=None, cache=None, reverse=False, skip=0, log=print):
     """Strategies on one task: {strategy key: arrays of shape (hp, lr, seed, ...)}.
 
     With ``cache`` (a folder), each strategy's results are saved there and
@@ -477,6 +477,7 @@ def run_task(task: Task, seeds, keys=None, cache=None, reverse=False, log=print)
     """
     out = {}
     order = list(STRATEGIES.items())
+    order = order[skip:] + order[:skip]
     for key, (build, hps) in reversed(order) if reverse else order:
         if keys is not None and key not in keys:
             continue
@@ -837,6 +838,7 @@ def main(argv=None):
     parser.add_argument("--only", default=None, help="comma-separated task names")
     parser.add_argument("--strategies", default=None, help="comma-separated strategy keys")
     parser.add_argument("--cache", default=None, help="folder to keep each strategy's results in")
+    parser.add_argument("--skip", type=int, default=0, help="start at this strategy (with --cache)")
     parser.add_argument(
         "--reverse",
         action="store_true",
@@ -860,7 +862,9 @@ def main(argv=None):
         print(f"{t.name}: {t.title}; lrs {t.lrs}; {t.steps} steps", flush=True)
         # the smoke run trains every strategy on one task, and the others unclipped
         keys = None if not args.smoke or t.name == "regression" else {"no clipping"}
-        results[t.name] = run_task(t, seeds, keys, cache=args.cache, reverse=args.reverse)
+        results[t.name] = run_task(
+            t, seeds, keys, cache=args.cache, reverse=args.reverse, skip=args.skip
+        )
     elapsed = time.perf_counter() - start
     # with a cache, the time is that of training every strategy, whenever it ran
     trained = sum(r["time"] for res in results.values() for r in res.values())

@@ -418,7 +418,7 @@ STRATEGIES: dict[str, tuple[Callable[[jax.Array], Any], tuple[float, ...]]] = {
 }
 
 # The recommended default: one of the candidates above (see docs/outcomes.md for why).
-RECOMMENDED = "ema(2, .99, raw)"
+RECOMMENDED = "autoclip()"
 
 
 def strategy_rows():

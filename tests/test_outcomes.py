@@ -94,5 +94,8 @@ def test_smoke_run_writes_every_output(tmp_path):
     assert (tmp_path / "img" / "outcomes.png").stat().st_size > 10_000
     ratio = np.array(blob["ratio"], dtype=float)
     fixed = [i for i, n in enumerate(names) if n.startswith("fixed ")]
-    # the oracle is the best fixed threshold of each cell
-    np.testing.assert_allclose(np.nanmin(ratio[fixed], axis=0), 1.0)
+    # the smoke run trains every strategy on the regression task only; there the
+    # oracle is the best fixed threshold of each cell
+    cols = [c for c, (task, _) in enumerate(blob["cells"]) if task == "regression"]
+    assert cols and np.isfinite(ratio[:, cols]).all()
+    np.testing.assert_allclose(ratio[fixed][:, cols].min(axis=0), 1.0)

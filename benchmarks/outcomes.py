@@ -885,11 +885,12 @@ def main(argv=None):
     if all(k in STRATEGIES for k in REPLAYED):
         rep = replay_check(replay_task, results[replay_task.name], seeds)
     text = tables(tasks, results, rows, cells, loss, diverged, ratio, oracle, clip_rate, summ, rep)
+    reused = ", reusing cached results" if args.cache else ""
     machine = f"{platform.machine()} with {os.cpu_count()} cores, {jax.default_backend()} backend"
     text = (
         f"Run: `python benchmarks/outcomes.py{' --smoke' if args.smoke else ''}` on {machine}, "
         f"jax {jax.__version__}, {len(seeds)} seeds; training took {trained / 60:.1f} minutes "
-        f"(this invocation {elapsed / 60:.1f}).\n\n" + text
+        f"(this invocation {elapsed / 60:.1f}{reused}).\n\n" + text
     )
     page = out / "outcomes.md"
     if page.exists() and BEGIN in page.read_text():

@@ -16,7 +16,20 @@ _MIN_WEIGHT = 1e-6  # the bias correction divides by max(weight, this).
 
 
 class EmaZScoreState(NamedTuple):
-    """State of [`adaclip.ema_zscore`][adaclip.ema_zscore]."""
+    """State of [`adaclip.ema_zscore`][adaclip.ema_zscore]: three biased EMAs.
+
+    ``mean / weight`` is the bias-corrected mean of the statistics fed so far.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> import adaclip
+        >>> rule = adaclip.ema_zscore(3.0, 0.5, feed="raw")
+        >>> state = rule.init(jnp.zeros(()))
+        >>> for s in [1.0, 2.0]:
+        ...     _, state = rule.update(jnp.asarray(s), state)
+        >>> print(float(state.mean), float(state.square), float(state.weight))
+        1.25 2.25 0.75
+    """
 
     mean: jax.Array  # float32, statistic's shape: biased EMA of the fed statistics.
     square: jax.Array  # float32, statistic's shape: biased EMA of their squares.
@@ -27,7 +40,7 @@ def ema_zscore(
     sigma: Any,
     decay: Any,
     *,
-    min_weight: Any = 0.0,
+    min_weight: Any = 0.75,
     std_floor: Any = 1e-6,
     feed: str = "clipped",
 ) -> ThresholdRule:
@@ -67,7 +80,10 @@ def ema_zscore(
         decay: $\\beta \\in [0, 1)$ (may be traced).
         min_weight: a number in [0, 1): the bound applies once $w$ exceeds
             it, after about $\\log(1 - \\text{min\\_weight}) / \\log\\beta$
-            steps (may be traced).
+            steps (may be traced). The default, Lingvo's 0.75, matters with
+            ``feed="clipped"``: the EMAs start at 0 and are fed capped values
+            from the first step, so a bound applied from step 0 would cut the
+            first steps' gradients almost to zero.
         std_floor: $f \\ge 0$, the smallest standard deviation (may be traced).
         feed: ``"clipped"`` or ``"raw"``, what enters the EMAs.
 
@@ -80,6 +96,9 @@ def ema_zscore(
         ValueError: an argument is out of its range or ``feed`` is unknown.
 
     Examples:
+        No bound while the EMAs' weight is at most ``min_weight`` (three steps
+        at decay 0.5), then the spike at 9 is cut to $\\mu + 3\\sigma_t$:
+
         >>> import jax.numpy as jnp
         >>> import adaclip
         >>> rule = adaclip.ema_zscore(3.0, 0.5, feed="raw")
@@ -88,8 +107,8 @@ def ema_zscore(
         ...     threshold, state = rule.update(jnp.float32(s), state)
         ...     print(round(float(threshold), 3))
         1.0
+        2.0
         1.0
-        3.081
         2.641
 
     References:

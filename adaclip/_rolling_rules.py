@@ -19,7 +19,18 @@ _F32_MAX = float(jnp.finfo(jnp.float32).max)
 
 class RollingZScoreState(NamedTuple):
     """State of [`adaclip.rolling_zscore`][adaclip.rolling_zscore]: a ring buffer of
-    the previous ``window`` finite statistics (as fed)."""
+    the previous ``window`` finite statistics (as fed).
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> import adaclip
+        >>> tx = adaclip.clip_by_global_norm(adaclip.rolling_zscore(2.0, 3))
+        >>> state = tx.init({"w": jnp.zeros(())})
+        >>> for g in [1.0, 2.0, 3.0, 4.0]:
+        ...     _, state = tx.update({"w": jnp.asarray(g)}, state)
+        >>> state.rule_state.buffer, int(state.rule_state.count)
+        (Array([4., 2., 3.], dtype=float32), 4)
+    """
 
     buffer: jax.Array  # float32, (window, *statistic.shape); slots not yet written hold 0.
     count: jax.Array  # int32, (): statistics pushed so far (finite steps).

@@ -120,7 +120,9 @@ def test_injected_offset_sigma_decay_do_not_recompile():
 
     def make(sigma, decay, offset):
         return adaclip.clip_by_global_norm(
-            adaclip.log_space(adaclip.ema_zscore(sigma, decay, feed="raw"), offset=offset)
+            adaclip.log_space(
+                adaclip.ema_zscore(sigma, decay, min_weight=0.0, feed="raw"), offset=offset
+            )
         )
 
     tx = optax.inject_hyperparams(make)(sigma=3.0, decay=0.9, offset=1.0)

@@ -165,7 +165,12 @@ def _vary(tree: Any, axes: frozenset) -> Any:
 
     def cast(x):
         missing = tuple(sorted(axes - _varying_axes(x)))
-        return lax.pcast(x, missing, to="varying") if missing else x
+        if not missing:
+            return x
+        if hasattr(lax, "pcast"):
+            return lax.pcast(x, missing, to="varying")
+        # jax < 0.8.2 has no pcast; its pvary was removed in 0.10.
+        return lax.pvary(x, missing)  # pyright: ignore[reportAttributeAccessIssue]
 
     return jax.tree.map(cast, tree)
 

@@ -141,6 +141,16 @@ def as_threshold(x: Any) -> jax.Array:
     return x
 
 
+def safe_sqrt(x: jax.Array) -> jax.Array:
+    """``sqrt(x)`` for ``x >= 0`` whose derivative at 0 is 0 instead of inf.
+
+    A variance that is exactly 0 (a constant history) would otherwise turn a
+    gradient taken through the rule (meta-gradients) into NaN (``inf * 0``).
+    """
+    positive = x > 0
+    return jnp.where(positive, jnp.sqrt(jnp.where(positive, x, 1.0)), 0.0)
+
+
 def increment(count: jax.Array) -> jax.Array:
     """``count + 1``, held at the int32 maximum (``optax.safe_increment``,
     typed as an array)."""

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from adaclip import _validation
-from adaclip._base import F32_MAX, FEEDS, ThresholdRule, as_f32, increment
+from adaclip._base import F32_MAX, FEEDS, ThresholdRule, as_f32, increment, safe_sqrt
 
 
 class EmaState(NamedTuple):
@@ -283,7 +283,7 @@ def zscore(
         w_var = jnp.where(n >= warmup_steps, w_m2 / n.astype(jnp.float32), w_m2)
 
         # After warm-up: the spike test and its bound.
-        std = jnp.sqrt(state.var)
+        std = safe_sqrt(state.var)
         if mode == "percentile":
             level = state.mean + zt * std
             spike = s > level

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import jax.numpy as jnp
+from jax import lax
 
 from adaclip import _validation
 from adaclip._base import ThresholdLike, ThresholdRule, as_f32, as_rule
@@ -92,7 +93,10 @@ def log_space(rule: ThresholdLike, *, offset: Any = 0.0, floor: Any = 0.0) -> Th
         t = as_f32(t)
         back = jnp.clip(jnp.exp(jnp.minimum(t, _LOG_F32_MAX)) - o, 0.0, _F32_MAX)
         back = jnp.where(jnp.isnan(back), _F32_MAX, back)
-        below = jnp.maximum(jnp.nextafter(s, jnp.float32(0.0)), 0.0)
+        # One float below the statistic; nextafter has no derivative, so its
+        # offset from s is held constant (the threshold then moves with s).
+        s0 = lax.stop_gradient(s)
+        below = jnp.maximum(s + (jnp.nextafter(s0, jnp.float32(0.0)) - s0), 0.0)
         threshold = jnp.where(t < u, jnp.minimum(back, below), jnp.maximum(back, s))
         return threshold, new_state
 

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from adaclip import _validation
-from adaclip._base import ThresholdRule, as_f32
+from adaclip._base import ThresholdRule, as_f32, safe_sqrt
 from adaclip._ema_rules import FEEDS
 from adaclip._window_rules import WindowState, window_filled, window_init, window_push
 
@@ -139,7 +139,7 @@ def rolling_zscore(
         mean = jnp.sum(jnp.where(valid, state.buffer, 0.0), axis=0) / nf
         dev = jnp.where(valid, state.buffer - mean[None], 0.0)
         var = jnp.sum(jnp.square(dev), axis=0) / jnp.maximum(n - ddof, 1).astype(jnp.float32)
-        std = jnp.maximum(jnp.sqrt(var), _STD_FLOOR)
+        std = jnp.maximum(safe_sqrt(var), _STD_FLOOR)
         level = jnp.minimum(mean + as_f32(sigma) * std, _F32_MAX)
         threshold = jnp.where(n >= min_history, level, s)
         fed = jnp.minimum(s, threshold) if feed == "clipped" else s

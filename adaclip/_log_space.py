@@ -5,13 +5,16 @@ from __future__ import annotations
 from typing import Any
 
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from adaclip import _validation
-from adaclip._base import ThresholdLike, ThresholdRule, as_f32, as_rule
+from adaclip._base import F32_MAX, ThresholdLike, ThresholdRule, as_f32, as_rule
 
-_F32_MAX = float(jnp.finfo(jnp.float32).max)
-_LOG_F32_MAX = float(jnp.log(jnp.float32(_F32_MAX)))
+_F32_MAX = F32_MAX
+# In NumPy: a jnp computation at import would start JAX's backend (too early
+# for jax.distributed.initialize).
+_LOG_F32_MAX = float(np.log(np.float32(F32_MAX)))
 # log of the smallest normal float32: what a zero statistic becomes with offset 0.
 _TINY = float(jnp.finfo(jnp.float32).tiny)
 

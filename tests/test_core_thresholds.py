@@ -134,8 +134,12 @@ def test_real_schedules_still_accepted():
 
 
 def test_inf_only_for_a_clippers_own_threshold():
-    with pytest.raises(ValueError):
-        adaclip.fixed(math.inf)
+    # fixed(math.inf) is what a clipper builds from math.inf: measure only.
+    tx = adaclip.clip_by_global_norm(adaclip.fixed(math.inf))
+    g = {"w": jnp.array([3.0, 4.0])}
+    u, s = tx.update(g, tx.init(g))
+    np.testing.assert_array_equal(np.asarray(u["w"]), [3.0, 4.0])
+    assert float(s.threshold) == 5.0 and not bool(s.clipped)
     with pytest.raises(ValueError):
         adaclip.clamp(adaclip.ema(2.0, 0.9), upper=math.inf)
     with pytest.raises(ValueError):

@@ -311,7 +311,8 @@ def test_equinox_filter_jit_with_donation():
 
 
 def _layer_losses(params, x, y):
-    return jnp.stack([_layer_loss(p["kernel"], p["bias"], x, y) for p in params.values()])
+    # In NAMES order: jax.tree.map returns dicts with sorted keys.
+    return jnp.stack([_layer_loss(params[n]["kernel"], params[n]["bias"], x, y) for n in NAMES])
 
 
 def _lookahead_losses(tx, state, params):

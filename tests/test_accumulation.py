@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from _scale_cases import make, names
+from _cases import make, names
 
 import adaclip
 
@@ -49,7 +49,7 @@ def _clip_state(opt_state):
     return found[0]
 
 
-@pytest.mark.parametrize("name", names())
+@pytest.mark.parametrize("name", names("scale"))
 def test_k_micro_batches_clip_like_one_big_batch(name):
     """Per real step: MultiSteps over K micro-batch gradients gives the same
     update, the same parameters and the same clip metrics (norm, threshold,

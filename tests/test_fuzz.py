@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from _scale_cases import MAX_WARMUP, make, names
+from _cases import MAX_WARMUP, make, names
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -109,7 +109,7 @@ def _check_invariants(name, values, updates, states):
         assert np.all(post <= bound * (1 + 1e-5) + 1e-18), (t, post, bound)
 
 
-@pytest.mark.parametrize("name", names())
+@pytest.mark.parametrize("name", names("scale"))
 @SETTINGS
 @given(seq=st.lists(pair, min_size=STEPS, max_size=STEPS))
 def test_any_sequence_keeps_state_and_threshold_finite(name, seq):
@@ -120,7 +120,7 @@ def test_any_sequence_keeps_state_and_threshold_finite(name, seq):
     _check_invariants(name, *_run(name, seq))
 
 
-@pytest.mark.parametrize("name", names())
+@pytest.mark.parametrize("name", names("scale"))
 @SETTINGS
 @given(
     prefix=st.lists(ordinary_pair, min_size=MAX_WARMUP + 2, max_size=14),

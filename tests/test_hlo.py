@@ -27,8 +27,6 @@ import optax
 import pytest
 from _cases import make, names
 
-import adaclip
-
 LEAF_ELEMENTS = 1 << 16
 SHAPES = {"w1": (256, 256), "b": (LEAF_ELEMENTS,), "w2": (16, 64, 64)}
 N_ELEMENTS = sum(math.prod(s) for s in SHAPES.values())

@@ -33,6 +33,7 @@ from typing import Any
 
 import jax.numpy as jnp
 import optax
+from _standard import schedule
 
 import adaclip
 
@@ -68,9 +69,9 @@ CLIPPERS = {
 # rule name -> (zero-argument factory, warm-up length).
 RULES = {
     "float": (lambda: 1.0, 0),
-    "schedule": (lambda: optax.linear_schedule(2.0, 0.5, 100), 0),
+    "schedule": (lambda: schedule(optax.linear_schedule(2.0, 0.5, 100)), 0),
     "fixed": (lambda: adaclip.fixed(1.0), 0),
-    "scheduled": (lambda: adaclip.scheduled(optax.exponential_decay(2.0, 10, 0.9)), 0),
+    "scheduled": (lambda: adaclip.scheduled(schedule(optax.exponential_decay(2.0, 10, 0.9))), 0),
     "decaying": (lambda: adaclip.decaying(2.0, 0.9, transition_steps=5, floor=0.1), 0),
     "moving_average": (lambda: adaclip.moving_average(1.5, 4), 4),
     "ema": (lambda: adaclip.ema(1.5, 0.9, warmup_steps=2), 2),
@@ -163,7 +164,9 @@ _INJECT = {
     ),
     "global-scheduled": (
         Inject(
-            lambda start, end: G(adaclip.scheduled(optax.linear_schedule(start, end, 20))),
+            lambda start, end: G(
+                adaclip.scheduled(schedule(optax.linear_schedule(start, end, 20)))
+            ),
             dict(start=2.0, end=0.5),
             dict(start=0.7, end=0.1),
         ),

@@ -10,6 +10,7 @@ import pytest
 from _cases import make, names
 
 import adaclip
+from adaclip._find import clip_states
 
 K = 3  # micro-batches per real step
 MICRO = 4  # examples per micro-batch
@@ -40,13 +41,8 @@ def _params():
 
 
 def _clip_state(opt_state):
-    found = [
-        x
-        for x in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, adaclip.ClipState))
-        if isinstance(x, adaclip.ClipState)
-    ]
-    assert len(found) == 1
-    return found[0]
+    (found,) = clip_states(opt_state)  # the library's one finder
+    return found
 
 
 @pytest.mark.parametrize("name", names("scale"))

@@ -10,6 +10,7 @@ import optax
 import orbax.checkpoint as ocp
 import pytest
 from _cases import make, names
+from _standard import adam
 from flax import serialization
 
 import adaclip
@@ -39,7 +40,7 @@ def _grads(step):
 
 
 def _optimizer(name):
-    return optax.chain(make(name), optax.adam(1e-2))
+    return optax.chain(make(name), adam(1e-2))
 
 
 def _run(step, params, state, steps):

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from _standard import schedule
 
 import adaclip
 
@@ -92,6 +93,6 @@ def test_window_must_be_static():
 
 
 def test_schedule_is_accepted_as_threshold():
-    tx = adaclip.clip_by_global_norm(optax.constant_schedule(0.5))
+    tx = adaclip.clip_by_global_norm(schedule(optax.constant_schedule(0.5)))
     out, _ = tx.update(jnp.array([3.0, 4.0]), tx.init(jnp.zeros(2)))
     np.testing.assert_allclose(out, [0.3, 0.4], rtol=1e-6)

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import optax
 import pytest
 from _cases import make, names
+from _standard import adam
 
 LEAF_ELEMENTS = 1 << 16
 SHAPES = {"w1": (256, 256), "b": (LEAF_ELEMENTS,), "w2": (16, 64, 64)}
@@ -65,8 +66,7 @@ def large_buffers(hlo: str, min_elements: int = LEAF_ELEMENTS) -> list[str]:
 
 
 def compiled_step(clipper, shapes=SHAPES):
-    adam = optax.adam(1e-3)
-    tx = adam if clipper is None else optax.chain(clipper, adam)
+    tx = adam(1e-3) if clipper is None else optax.chain(clipper, adam(1e-3))
     params = {k: jnp.zeros(s, jnp.float32) for k, s in shapes.items()}
     grads = {k: jnp.ones(s, jnp.float32) for k, s in shapes.items()}
 

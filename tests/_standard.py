@@ -27,6 +27,38 @@ def standard(tx: optax.GradientTransformation) -> optax.GradientTransformationEx
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
+def strict(tx: optax.GradientTransformation) -> optax.GradientTransformationExtraArgs:
+    """``tx`` traced under strict promotion again (adaclip inside optax code)."""
+
+    def init_fn(params):
+        with jax.numpy_dtype_promotion("strict"):
+            return tx.init(params)
+
+    def update_fn(updates, state, params=None, **extra_args):
+        with jax.numpy_dtype_promotion("strict"):
+            return optax.with_extra_args_support(tx).update(updates, state, params, **extra_args)
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def multi_steps(inner, every_k_schedule, **kwargs) -> optax.MultiSteps:
+    """``optax.MultiSteps`` (its accumulator mixes int32 and float32) around
+    ``inner``, which runs strict. Its state is MultiSteps' own."""
+    multi = optax.MultiSteps(strict(inner), every_k_schedule, **kwargs)
+    init, update = multi.init, multi.update
+
+    def init_fn(params):
+        with jax.numpy_dtype_promotion("standard"):
+            return init(params)
+
+    def update_fn(updates, state, params=None, **extra_args):
+        with jax.numpy_dtype_promotion("standard"):
+            return update(updates, state, params, **extra_args)
+
+    multi.init, multi.update = init_fn, update_fn
+    return multi
+
+
 def schedule(fn):
     """An optax schedule called under standard promotion."""
 

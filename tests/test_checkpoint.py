@@ -10,7 +10,7 @@ import optax
 import orbax.checkpoint as ocp
 import pytest
 from _cases import make, names
-from _standard import adam
+from _standard import adam, multi_steps
 from flax import serialization
 
 import adaclip
@@ -107,6 +107,6 @@ def test_wrapped_chain_resumes(tmp_path):
         optax.inject_hyperparams(optax.adam)(learning_rate=1e-2),
     )
     skip = adaclip.skip_bad_steps(inner, spike_factor=1.5)
-    tx = optax.MultiSteps(skip, every_k_schedule=2).gradient_transformation()
+    tx = multi_steps(skip, every_k_schedule=2).gradient_transformation()
     state = _check_resume(tx, _params(), 5, tmp_path)  # 5: mid-accumulation
     assert int(state.inner_opt_state.skip_count) >= 1

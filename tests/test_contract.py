@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 from _cases import make, names
-from _standard import adam
+from _standard import adam, multi_steps
 
 import adaclip
 
@@ -130,7 +130,7 @@ def test_chain_with_adam_trains(name):
 def test_multisteps_sees_accumulated_gradient(name):
     k = 3
     inner = make(name)
-    tx = optax.MultiSteps(inner, every_k_schedule=k)
+    tx = multi_steps(inner, every_k_schedule=k)
     params = _params()
     state = tx.init(params)
     ref_state = inner.init(params)

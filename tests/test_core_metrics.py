@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from _standard import adam
+from _standard import adam, multi_steps
 
 import adaclip
 
@@ -39,7 +39,7 @@ def test_inject_hyperparams():
 
 
 def test_multisteps():
-    tx = optax.MultiSteps(optax.chain(adaclip.clip_by_global_norm(1.0), optax.sgd(0.1)), 2)
+    tx = multi_steps(optax.chain(adaclip.clip_by_global_norm(1.0), optax.sgd(0.1)), 2)
     m = adaclip.metrics(_step(tx, steps=2))
     np.testing.assert_allclose(m["norm"], GLOBAL_NORM, rtol=1e-6)
 

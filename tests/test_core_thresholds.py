@@ -138,9 +138,9 @@ def test_real_schedules_still_accepted():
         tx.update(GRADS, tx.init(GRADS))
 
 
-def test_inf_only_for_a_clippers_own_threshold():
-    with pytest.raises(ValueError):
-        adaclip.fixed(math.inf)
+def test_inf_only_for_a_measuring_threshold():
+    # math.inf measures without clipping (a clipper's threshold, adaclip.fixed);
+    # an upper bound of inf would be no bound, and -inf or NaN no threshold.
     with pytest.raises(ValueError):
         adaclip.clamp(adaclip.ema(2.0, 0.9), upper=math.inf)
     with pytest.raises(ValueError):

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from _cases import make, names
+from _standard import multi_steps
 from flax import nnx
 from flax.training import train_state
 
@@ -489,7 +490,7 @@ def test_per_device_shard_map_without_axis_name(tmp_path):
 
 def test_multisteps_accumulation():
     k = 2
-    tx = optax.MultiSteps(_bundle(), every_k_schedule=k)
+    tx = multi_steps(_bundle(), every_k_schedule=k)
 
     @jax.jit
     def micro_step(params, opt_state, x, y):

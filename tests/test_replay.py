@@ -142,7 +142,7 @@ def test_vmap_over_hyperparameters_equals_one_by_one():
 def test_replay_accepts_floats_and_schedules():
     norms = np.array([0.5, 2.0, 3.0], np.float32)
     np.testing.assert_array_equal(adaclip.replay(1.0, norms).clipped, [False, True, True])
-    trace = adaclip.replay(lambda count: 1.0 + count, norms)
+    trace = adaclip.replay(lambda count: 1.0 + count.astype(jnp.float32), norms)
     np.testing.assert_allclose(trace.threshold, [1.0, 2.0, 3.0])
 
 

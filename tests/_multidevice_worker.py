@@ -42,8 +42,7 @@ import warnings  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-from _scale_cases import default_multidevice_names as default_names  # noqa: E402
-from _scale_cases import make  # noqa: E402
+from _cases import make, names  # noqa: E402
 from jax import lax  # noqa: E402
 from jax.sharding import Mesh, NamedSharding  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
@@ -272,7 +271,7 @@ SCENARIOS = ("jit_fsdp", "shard_map_fsdp", "shard_map_dp", "pmap_fsdp")
 
 def main():
     out_path = sys.argv[1]
-    wanted = sys.argv[2:] or default_names()
+    wanted = sys.argv[2:] or names("multidevice")
     assert jax.device_count() == N_DEV, jax.devices()
     mesh = Mesh(np.array(jax.devices()), ("d",))
     grads = gradients(STEPS)

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from _standard import adam, multi_steps
 
 import adaclip
 
@@ -22,7 +23,7 @@ def _step(tx, steps=1):
 
 
 def test_single_clipper_in_chain():
-    state = _step(optax.chain(adaclip.clip_by_global_norm(1.0), optax.adam(1e-3)))
+    state = _step(optax.chain(adaclip.clip_by_global_norm(1.0), adam(1e-3)))
     m = adaclip.metrics(state)
     assert set(m) == NAMES
     np.testing.assert_allclose(m["norm"], GLOBAL_NORM, rtol=1e-6)
@@ -38,7 +39,7 @@ def test_inject_hyperparams():
 
 
 def test_multisteps():
-    tx = optax.MultiSteps(optax.chain(adaclip.clip_by_global_norm(1.0), optax.sgd(0.1)), 2)
+    tx = multi_steps(optax.chain(adaclip.clip_by_global_norm(1.0), optax.sgd(0.1)), 2)
     m = adaclip.metrics(_step(tx, steps=2))
     np.testing.assert_allclose(m["norm"], GLOBAL_NORM, rtol=1e-6)
 
@@ -79,11 +80,11 @@ def test_nested_duplicate_short_names_fall_back_to_paths():
 
 
 def test_no_clipper_gives_empty_dict():
-    assert adaclip.metrics(optax.adam(1e-3).init(PARAMS)) == {}
+    assert adaclip.metrics(adam(1e-3).init(PARAMS)) == {}
 
 
 def test_metrics_is_jittable():
-    tx = optax.chain(adaclip.clip_by_leaf_norm(adaclip.ema(2.0, 0.9)), optax.adam(1e-3))
+    tx = optax.chain(adaclip.clip_by_leaf_norm(adaclip.ema(2.0, 0.9)), adam(1e-3))
     state = _step(tx)
     m = jax.jit(adaclip.metrics)(state)
     assert m["norm"].shape == (2,)
@@ -93,7 +94,7 @@ def test_flax_nnx_optimizer():
     nnx = pytest.importorskip("flax.nnx")
 
     model = nnx.Linear(4, 3, rngs=nnx.Rngs(0))
-    tx = optax.chain(adaclip.clip_by_global_norm(adaclip.ema(2.0, 0.9)), optax.adam(1e-3))
+    tx = optax.chain(adaclip.clip_by_global_norm(adaclip.ema(2.0, 0.9)), adam(1e-3))
     optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
 
     @nnx.jit

@@ -1,75 +1,14 @@
-"""Bad constructor arguments fail at construction, naming the argument and value."""
+"""Validation beyond the bad-argument table (tests/test_invalid_args.py): edge values
+that are accepted, float32 rounding, traced and static hyper-parameters."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from _standard import schedule
 
 import adaclip
-from adaclip import _recipes
-
-BAD = [
-    # (factory, kwargs, exception, argument name that must appear)
-    (adaclip.fixed, {"value": -1.0}, ValueError, "value"),
-    (adaclip.fixed, {"value": float("nan")}, ValueError, "value"),
-    (adaclip.fixed, {"value": float("-inf")}, ValueError, "value"),
-    (adaclip.fixed, {"value": np.ones(1)}, TypeError, "value"),
-    (adaclip.fixed, {"value": "1.0"}, TypeError, "value"),
-    (adaclip.fixed, {"value": None}, TypeError, "value"),
-    (adaclip.fixed, {"value": True}, TypeError, "value"),
-    (adaclip.fixed, {"value": np.ones(3)}, TypeError, "value"),
-    (adaclip.scheduled, {"schedule": 1.0}, TypeError, "schedule"),
-    (adaclip.decaying, {"init_value": -1.0, "decay_rate": 0.5}, ValueError, "init_value"),
-    (adaclip.decaying, {"init_value": 1.0, "decay_rate": 0.0}, ValueError, "decay_rate"),
-    (adaclip.decaying, {"init_value": 1.0, "decay_rate": 1.5}, ValueError, "decay_rate"),
-    (adaclip.decaying, {"init_value": 1.0, "decay_rate": "fast"}, TypeError, "decay_rate"),
-    (
-        adaclip.decaying,
-        {"init_value": 1.0, "decay_rate": 0.5, "transition_steps": 0},
-        ValueError,
-        "transition_steps",
-    ),
-    (
-        adaclip.decaying,
-        {"init_value": 1.0, "decay_rate": 0.5, "floor": -0.1},
-        ValueError,
-        "floor",
-    ),
-    (adaclip.moving_average, {"multiplier": 0.0, "window": 3}, ValueError, "multiplier"),
-    (adaclip.moving_average, {"multiplier": -2.0, "window": 3}, ValueError, "multiplier"),
-    (adaclip.moving_average, {"multiplier": 2.0, "window": 0}, ValueError, "window"),
-    (adaclip.moving_average, {"multiplier": 2.0, "window": 2.5}, TypeError, "window"),
-    (adaclip.moving_average, {"multiplier": 2.0, "window": 3.0}, TypeError, "window"),
-    (adaclip.moving_average, {"multiplier": 2.0, "window": "10"}, TypeError, "window"),
-    (adaclip.moving_average, {"multiplier": 2.0, "window": 3, "feed": "x"}, ValueError, "feed"),
-    (adaclip.ema, {"multiplier": 0.0, "decay": 0.9}, ValueError, "multiplier"),
-    (adaclip.ema, {"multiplier": 2.0, "decay": 1.0}, ValueError, "decay"),
-    (adaclip.ema, {"multiplier": 2.0, "decay": -0.1}, ValueError, "decay"),
-    (adaclip.ema, {"multiplier": 2.0, "decay": 0.9, "warmup_steps": -1}, ValueError, "warmup"),
-    (adaclip.ema, {"multiplier": 2.0, "decay": 0.9, "warmup_steps": 1.5}, TypeError, "warmup"),
-    (adaclip.ema, {"multiplier": 2.0, "decay": 0.9, "feed": "both"}, ValueError, "feed"),
-    (adaclip.ema, {"multiplier": 2.0, "decay": 0.9, "feed": None}, TypeError, "feed"),
-    (adaclip.clip_by_global_norm, {"threshold": -1.0}, ValueError, "threshold"),
-    (adaclip.clip_by_global_norm, {"threshold": "big"}, TypeError, "threshold"),
-    (adaclip.clip_by_global_norm, {"threshold": None}, TypeError, "threshold"),
-    (adaclip.clip_by_global_norm, {"threshold": 1.0, "nonfinite": "zero"}, ValueError, "nonfinite"),
-    (adaclip.clip_by_leaf_norm, {"threshold": float("nan")}, ValueError, "threshold"),
-    (adaclip.clip_by_leaf_norm, {"threshold": 1.0, "nonfinite": None}, TypeError, "nonfinite"),
-    (adaclip.clip_by_value, {"threshold": -0.5}, ValueError, "threshold"),
-    (adaclip.clip_by_value, {"threshold": [1.0]}, TypeError, "threshold"),
-]
-
-
-@pytest.mark.parametrize("factory, kwargs, exc, name", BAD, ids=[str(i) for i in range(len(BAD))])
-def test_bad_argument_raises_with_name_and_value(factory, kwargs, exc, name):
-    with pytest.raises(exc) as info:
-        factory(**kwargs)
-    message = str(info.value)
-    assert name in message
-    bad_value = [v for k, v in kwargs.items() if k.startswith(name) or name in k]
-    if bad_value and not isinstance(bad_value[0], np.ndarray):
-        assert repr(bad_value[0]) in message or str(bad_value[0]) in message
 
 
 @pytest.mark.parametrize(
@@ -133,14 +72,6 @@ def test_decay_that_rounds_to_one_would_have_poisoned_the_state():
         adaclip.ema(2.0, float("0.99999999"))
 
 
-@pytest.mark.parametrize("combinator", [adaclip.minimum, adaclip.maximum])
-def test_min_max_numbers_are_finite_in_float32(combinator):
-    with pytest.raises(ValueError, match="argument 1"):
-        combinator(adaclip.ema(2.0, 0.9), 1e39)
-    with pytest.raises(TypeError, match=r"\(1,\)"):
-        combinator(adaclip.ema(2.0, 0.9), np.ones(1))
-
-
 def test_traced_hyperparameters_pass_validation():
     """Validation checks concrete values only, so rules build under jit/vmap."""
 
@@ -162,24 +93,6 @@ def test_window_must_be_static():
 
 
 def test_schedule_is_accepted_as_threshold():
-    tx = adaclip.clip_by_global_norm(optax.constant_schedule(0.5))
+    tx = adaclip.clip_by_global_norm(schedule(optax.constant_schedule(0.5)))
     out, _ = tx.update(jnp.array([3.0, 4.0]), tx.init(jnp.zeros(2)))
     np.testing.assert_allclose(out, [0.3, 0.4], rtol=1e-6)
-
-
-@pytest.mark.parametrize(
-    "builder, kwargs, exc, name",
-    [
-        (_recipes._adagc_rule, {"ratio": -1.0, "beta": 5.0}, ValueError, "ratio"),
-        (_recipes._adagc_rule, {"beta": 5.0}, ValueError, "beta"),
-        (_recipes._adagc_rule, {"warmup_steps": 2**32 + 5}, ValueError, "warmup_steps"),
-        (_recipes._adagc_rule, {"warmup_max_norm": 1e39}, ValueError, "warmup_max_norm"),
-        (_recipes._zclip_rule, {"alpha": 0.999999999}, ValueError, "alpha"),
-        (_recipes._zclip_rule, {"max_norm": np.ones(1)}, TypeError, "max_norm"),
-        (_recipes._autoclip_rule, {"window": 2**40}, ValueError, "window"),
-    ],
-)
-def test_recipe_rules_validate_on_their_own(builder, kwargs, exc, name):
-    """The CLI replays the recipes' rules without the recipe: same checks."""
-    with pytest.raises(exc, match=name):
-        builder(**kwargs)

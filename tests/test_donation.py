@@ -6,21 +6,21 @@ import jax
 import jax.numpy as jnp
 import optax
 import pytest
-from _cases import TRANSFORMS
+from _cases import make, names
 
 PARAMS = {"a": jnp.ones(3), "b": jnp.ones((2, 2))}
 
 
-@pytest.mark.parametrize("name", sorted(TRANSFORMS))
+@pytest.mark.parametrize("name", names("contract"))
 def test_init_leaves_are_distinct_buffers(name):
-    state = TRANSFORMS[name]().init(PARAMS)
+    state = make(name).init(PARAMS)
     pointers = [leaf.unsafe_buffer_pointer() for leaf in jax.tree.leaves(state)]
     assert len(set(pointers)) == len(pointers), name
 
 
-@pytest.mark.parametrize("name", sorted(TRANSFORMS))
+@pytest.mark.parametrize("name", names("contract"))
 def test_donated_train_step_runs(name):
-    tx = optax.chain(TRANSFORMS[name](), optax.sgd(0.1))
+    tx = optax.chain(make(name), optax.sgd(0.1))
 
     def train_step(params, opt_state, grads):
         updates, opt_state = tx.update(grads, opt_state, params)

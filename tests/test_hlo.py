@@ -25,8 +25,8 @@ import jax
 import jax.numpy as jnp
 import optax
 import pytest
-
-import adaclip
+from _cases import make, names
+from _standard import adam
 
 LEAF_ELEMENTS = 1 << 16
 SHAPES = {"w1": (256, 256), "b": (LEAF_ELEMENTS,), "w2": (16, 64, 64)}
@@ -66,8 +66,7 @@ def large_buffers(hlo: str, min_elements: int = LEAF_ELEMENTS) -> list[str]:
 
 
 def compiled_step(clipper, shapes=SHAPES):
-    adam = optax.adam(1e-3)
-    tx = adam if clipper is None else optax.chain(clipper, adam)
+    tx = adam(1e-3) if clipper is None else optax.chain(clipper, adam(1e-3))
     params = {k: jnp.zeros(s, jnp.float32) for k, s in shapes.items()}
     grads = {k: jnp.ones(s, jnp.float32) for k, s in shapes.items()}
 
@@ -83,38 +82,15 @@ def compiled_hlo(clipper, shapes=SHAPES) -> str:
     return compiled_step(clipper, shapes).as_text()
 
 
-def _rules():
-    rules = {
-        "fixed": lambda: 1.0,
-        "ema": lambda: adaclip.ema(2.0, 0.99),
-        "moving_average": lambda: adaclip.moving_average(2.0, 100),
-    }
-    if hasattr(adaclip, "percentile"):
-        rules["percentile"] = lambda: adaclip.percentile(10.0, 100)
-    if hasattr(adaclip, "zscore"):
-        rules["zscore"] = lambda: adaclip.zscore()
-    return rules
+# The registry's rows tagged "hlo", and the float threshold that propagates
+# non-finite gradients (no skip branch).
+CASES = {name: {} for name in names("hlo")}
+CASES["global-float-propagate"] = {"nonfinite": "propagate"}
 
 
-def _transforms():
-    clippers = {
-        "global": adaclip.clip_by_global_norm,
-        "leaf": adaclip.clip_by_leaf_norm,
-        "value": adaclip.clip_by_value,
-    }
-    out = {
-        f"{c}-{r}": (lambda c=clipper, r=rule: c(r()))
-        for c, clipper in clippers.items()
-        for r, rule in _rules().items()
-    }
-    out["global-fixed-propagate"] = lambda: adaclip.clip_by_global_norm(1.0, nonfinite="propagate")
-    for recipe in ("autoclip", "zclip", "adagc"):
-        if hasattr(adaclip, recipe):
-            out[recipe] = getattr(adaclip, recipe)
-    return out
-
-
-TRANSFORMS = _transforms()
+def _build(name):
+    kwargs = CASES[name]
+    return make(name.removesuffix("-propagate"), **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -127,9 +103,9 @@ def test_adam_alone_writes_three_buffers_per_leaf(adam_buffers):
     assert len(adam_buffers) == 3 * len(SHAPES), adam_buffers
 
 
-@pytest.mark.parametrize("name", sorted(TRANSFORMS))
+@pytest.mark.parametrize("name", sorted(CASES))
 def test_clip_adds_no_gradient_sized_buffer(name, adam_buffers):
-    compiled = compiled_step(TRANSFORMS[name]())
+    compiled = compiled_step(_build(name))
     found = large_buffers(compiled.as_text())
     assert len(found) == len(adam_buffers), "\n".join(found)
     # Nothing leaf-sized in the temporaries of the whole program either.
@@ -190,14 +166,14 @@ def leaf_reductions(hlo: str, shapes=SMALL_SHAPES) -> int:
 
 
 @pytest.mark.parametrize(
-    "name", ["global-fixed", "global-ema", "leaf-fixed", "leaf-ema", "value-fixed", "autoclip"]
+    "name", ["global-float", "global-ema", "leaf-float", "leaf-ema", "value-float", "autoclip"]
 )
 def test_one_reduction_per_leaf(name):
     # The overflow fallback is a second trip through the same reductions, not
     # a second copy of them; value clipping on one device reduces the max only.
     from adaclip import _numerics
 
-    hlo = compiled_hlo(TRANSFORMS[name](), SMALL_SHAPES)
+    hlo = compiled_hlo(make(name), SMALL_SHAPES)
     per_leaf = 1
     if name.startswith("value") and _numerics._may_span_devices():
         per_leaf = 2  # the max and, with several devices, the NaN probe
@@ -223,8 +199,8 @@ def test_reduction_count_catches_a_second_copy():
     assert leaf_reductions(hlo) == 2 * len(SMALL_SHAPES)
 
 
-@pytest.mark.parametrize("rule", ["fixed", "ema"])
+@pytest.mark.parametrize("rule", ["float", "ema"])
 def test_per_leaf_factors_are_not_slices(rule):
-    hlo = compiled_hlo(TRANSFORMS[f"leaf-{rule}"]())
+    hlo = compiled_hlo(make(f"leaf-{rule}"))
     slices = [d for d in _definitions(hlo) if d[2] == "slice"]
     assert not slices, slices

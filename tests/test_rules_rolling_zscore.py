@@ -122,21 +122,3 @@ def test_injected_sigma_and_min_history_do_not_recompile():
     np.testing.assert_allclose(results[0], 1.3, rtol=1e-6)  # within 3 std
     np.testing.assert_allclose(results[1], h.mean() + 0.1 * h.std(), rtol=1e-5)
     np.testing.assert_allclose(results[2], 1.3, rtol=1e-6)  # no bound yet
-
-
-@pytest.mark.parametrize(
-    "kwargs,error,match",
-    [
-        (dict(sigma=0.0, window=4), ValueError, "sigma"),
-        (dict(sigma=float("nan"), window=4), ValueError, "sigma"),
-        (dict(sigma=1.0, window=0), ValueError, "window"),
-        (dict(sigma=1.0, window=2.5), TypeError, "window"),
-        (dict(sigma=1.0, window=4, min_history=0), ValueError, "min_history"),
-        (dict(sigma=1.0, window=4, min_history=1.5), TypeError, "min_history"),
-        (dict(sigma=1.0, window=4, feed="spikes"), ValueError, "feed"),
-        (dict(sigma=1.0, window=4, ddof=2), ValueError, "ddof"),
-    ],
-)
-def test_bad_arguments(kwargs, error, match):
-    with pytest.raises(error, match=match):
-        adaclip.rolling_zscore(**kwargs)

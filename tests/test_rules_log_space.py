@@ -149,21 +149,3 @@ def test_injected_offset_sigma_decay_do_not_recompile():
         )[-1]
         np.testing.assert_allclose(out[-1], min(4.0, np.exp(ref) - values["offset"]), rtol=1e-4)
     assert len(traces) == 1 and out[0] != out[1]
-
-
-@pytest.mark.parametrize(
-    "make,error,match",
-    [
-        (lambda: adaclip.log_space(adaclip.fixed(1.0), offset=-1.0), ValueError, "offset"),
-        (lambda: adaclip.log_space(adaclip.fixed(1.0), floor=float("inf")), ValueError, "floor"),
-        (lambda: adaclip.log_space("ema"), TypeError, "rule"),
-        (lambda: adaclip.ema_zscore(0.0, 0.9), ValueError, "sigma"),
-        (lambda: adaclip.ema_zscore(1.0, 1.0), ValueError, "decay"),
-        (lambda: adaclip.ema_zscore(1.0, 0.9, min_weight=1.0), ValueError, "min_weight"),
-        (lambda: adaclip.ema_zscore(1.0, 0.9, std_floor=-1.0), ValueError, "std_floor"),
-        (lambda: adaclip.ema_zscore(1.0, 0.9, feed="x"), ValueError, "feed"),
-    ],
-)
-def test_bad_arguments(make, error, match):
-    with pytest.raises(error, match=match):
-        make()

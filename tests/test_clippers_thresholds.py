@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from _standard import adam, schedule
 
 import adaclip
 
@@ -128,13 +129,18 @@ def test_callable_returning_a_non_scalar_is_a_type_error():
 
 
 def test_real_schedules_still_accepted():
-    for schedule in (optax.linear_schedule(1.0, 0.1, 10), lambda count: 2.0, lambda c: c + 1):
-        tx = adaclip.clip_by_global_norm(schedule)
+    for fn in (
+        schedule(optax.linear_schedule(1.0, 0.1, 10)),
+        lambda count: 2.0,
+        lambda c: c + 1,
+    ):
+        tx = adaclip.clip_by_global_norm(fn)
         tx.update(GRADS, tx.init(GRADS))
 
 
-def test_inf_only_for_a_clippers_own_threshold():
-    # fixed(math.inf) is what a clipper builds from math.inf: measure only.
+def test_inf_only_for_a_measuring_threshold():
+    # math.inf measures without clipping (a clipper's threshold, adaclip.fixed);
+    # an upper bound of inf would be no bound, and -inf or NaN no threshold.
     tx = adaclip.clip_by_global_norm(adaclip.fixed(math.inf))
     g = {"w": jnp.array([3.0, 4.0])}
     u, s = tx.update(g, tx.init(g))
@@ -149,7 +155,7 @@ def test_inf_only_for_a_clippers_own_threshold():
 
 
 def test_rule_chained_as_a_transformation_fails_at_init():
-    tx = optax.chain(adaclip.ema(2.0, 0.99), optax.adam(1e-3))
+    tx = optax.chain(adaclip.ema(2.0, 0.99), adam(1e-3))
     with pytest.raises(TypeError, match="pass it to a clipper"):
         tx.init({"w": jnp.ones((3, 2))})
     with pytest.raises(TypeError, match="pass it to a clipper"):

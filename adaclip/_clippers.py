@@ -137,7 +137,9 @@ def _make_clipper(
             # XLA computes these scalars once instead of fusing a copy into
             # every leaf's optimizer loop.
             rule_threshold, rule_state, finite = step_rule(rule, stat, state.rule_state)
-            wide = jnp.promote_types(stat.dtype, rule_threshold.dtype)
+            # NumPy's promotion: both are float32 or float64, and jnp's would
+            # refuse float64 with float32 under strict dtype promotion.
+            wide = np.promote_types(stat.dtype, rule_threshold.dtype)
             stat_w, rule_threshold = stat.astype(wide), rule_threshold.astype(wide)
             # A non-finite step is zeroed ("skip") or let through untouched
             # ("propagate": an infinite bound makes the clip the identity). A

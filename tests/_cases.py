@@ -84,9 +84,11 @@ RULES = {
         lambda: adaclip.rolling_zscore(1.5, 5, feed="clipped", ddof=1),
         2,
     ),
-    "ema_zscore": (lambda: adaclip.ema_zscore(2.0, 0.9, feed="raw"), 0),
+    "ema_zscore": (lambda: adaclip.ema_zscore(2.0, 0.9, min_weight=0.3, feed="raw"), 0),
     "log_space": (
-        lambda: adaclip.log_space(adaclip.ema_zscore(3.0, 0.9), offset=1.0, floor=1e-2),
+        lambda: adaclip.log_space(
+            adaclip.ema_zscore(3.0, 0.9, min_weight=0.0), offset=1.0, floor=1e-2
+        ),
         0,
     ),
     # Combinators.
@@ -250,7 +252,9 @@ _INJECT = {
         Inject(
             lambda sigma, offset, floor: G(
                 adaclip.log_space(
-                    adaclip.ema_zscore(sigma, 0.9, feed="raw"), offset=offset, floor=floor
+                    adaclip.ema_zscore(sigma, 0.9, min_weight=0.0, feed="raw"),
+                    offset=offset,
+                    floor=floor,
                 )
             ),
             dict(sigma=0.5, offset=1.0, floor=1e-2),

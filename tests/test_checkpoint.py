@@ -10,7 +10,7 @@ import optax
 import orbax.checkpoint as ocp
 import pytest
 from _cases import make, names
-from _standard import adam, multi_steps
+from _standard import adam, multi_steps, standard
 from flax import serialization
 
 import adaclip
@@ -104,7 +104,7 @@ def test_wrapped_chain_resumes(tmp_path):
     resumes bit for bit, including the accumulator mid-accumulation."""
     inner = optax.chain(
         adaclip.clip_by_leaf_norm(adaclip.ema(2.0, 0.8)),
-        optax.inject_hyperparams(optax.adam)(learning_rate=1e-2),
+        standard(optax.inject_hyperparams(optax.adam)(learning_rate=1e-2)),
     )
     skip = adaclip.skip_bad_steps(inner, spike_factor=1.5)
     tx = multi_steps(skip, every_k_schedule=2).gradient_transformation()

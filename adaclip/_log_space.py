@@ -11,7 +11,6 @@ from jax import lax
 from adaclip import _validation
 from adaclip._base import F32_MAX, ThresholdLike, ThresholdRule, as_f32, as_rule
 
-_F32_MAX = F32_MAX
 # In NumPy: a jnp computation at import would start JAX's backend (too early
 # for jax.distributed.initialize).
 _LOG_F32_MAX = float(np.log(np.float32(F32_MAX)))
@@ -94,8 +93,8 @@ def log_space(rule: ThresholdLike, *, offset: Any = 0.0, floor: Any = 0.0) -> Th
         u = jnp.log(jnp.maximum(jnp.maximum(s, as_f32(floor)) + o, _TINY))
         t, new_state = inner.update(u, state)
         t = as_f32(t)
-        back = jnp.clip(jnp.exp(jnp.minimum(t, _LOG_F32_MAX)) - o, 0.0, _F32_MAX)
-        back = jnp.where(jnp.isnan(back), _F32_MAX, back)
+        back = jnp.clip(jnp.exp(jnp.minimum(t, _LOG_F32_MAX)) - o, 0.0, F32_MAX)
+        back = jnp.where(jnp.isnan(back), F32_MAX, back)
         # One float below the statistic; nextafter has no derivative, so its
         # offset from s is held constant (the threshold then moves with s).
         s0 = lax.stop_gradient(s)

@@ -2,15 +2,20 @@
 
 The public names are ``adaclip.__all__`` and the ``__all__`` of every public
 subpackage or module of adaclip, at any depth (found with pkgutil, so a new one is checked as
-soon as it exists). The doctests themselves run through pytest's
-``--doctest-modules`` over ``adaclip/``; this test makes sure there is one.
+soon as it exists). The doctests of every module, private ones included, run
+here too, against whichever ``adaclip`` is imported: the source tree in a
+development install, the installed wheel in CI (which runs the suite from a
+copy of the repository without ``adaclip/``). They show user code with optax
+as it is, so they run with standard dtype promotion.
 """
 
+import doctest
 import importlib
 import inspect
 import pkgutil
 import re
 
+import jax
 import pytest
 
 import adaclip
@@ -25,6 +30,11 @@ def _public_modules():
 
 
 MODULES = _public_modules()
+ALL_MODULES = [adaclip] + [
+    importlib.import_module(info.name)
+    for info in pkgutil.walk_packages(adaclip.__path__, "adaclip.")
+    if info.name != "adaclip.__main__"
+]
 NAMES = [(module, name) for module in MODULES for name in getattr(module, "__all__", ()) if name]
 
 
@@ -61,3 +71,16 @@ def test_public_name_has_docstring_with_examples(module, name):
     assert not re.search(r":(func|class|meth|attr|mod|data|obj):`", doc), (
         f"{qualname}: Sphinx role instead of a mkdocstrings cross-reference"
     )
+
+
+@pytest.mark.parametrize("module", ALL_MODULES, ids=[m.__name__ for m in ALL_MODULES])
+def test_doctests(module):
+    finder = doctest.DocTestFinder(exclude_empty=True)
+    flags = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
+    runner = doctest.DocTestRunner(optionflags=flags)
+    tests = [t for t in finder.find(module, module.__name__) if t.examples]
+    report = []
+    with jax.numpy_dtype_promotion("standard"):
+        for test in tests:
+            runner.run(test, out=report.append)
+    assert runner.failures == 0, "".join(report)

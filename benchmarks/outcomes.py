@@ -461,7 +461,7 @@ def make_runner(task: Task, build: Callable[[jax.Array], Any]):
             loss, grads = jax.value_and_grad(task.loss)(params, batch, t)
             updates, opt_state = tx.update(grads, opt_state, params)
             params = optax.apply_updates(params, updates)
-            norm = optax.global_norm(grads)
+            norm = optax.tree.norm(grads)
             m = adaclip.metrics(opt_state)
             thr = m.get("threshold", jnp.float32(jnp.nan))
             # a scalar for the global clippers; per-leaf rules (adagc) report the
@@ -863,7 +863,7 @@ def main(argv=None):
     parser.add_argument("--smoke", action="store_true", help="tiny tasks, a few steps")
     parser.add_argument("--out", default="docs", help="output folder (tables, json, img/)")
     parser.add_argument("--json", default="benchmarks/outcomes.json", help="where the numbers go")
-    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--seeds", type=int, default=4)
     parser.add_argument("--only", default=None, help="comma-separated task names")
     parser.add_argument("--strategies", default=None, help="comma-separated strategy keys")
     parser.add_argument("--cache", default=None, help="folder to keep each strategy's results in")

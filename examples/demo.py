@@ -117,7 +117,7 @@ def train(clipper, *, steps, chunk, seq_len, batch_size, hidden, lr, seed, progr
         loss, grads = jax.value_and_grad(loss_fn)(params, *adding_batch(key, batch_size, seq_len))
         updates, opt_state = tx.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
-        norm = optax.global_norm(grads)
+        norm = optax.tree.norm(grads)
         m = adaclip.metrics(opt_state)
         record = {
             "loss": loss,

@@ -99,3 +99,37 @@ def test_smoke_run_writes_every_output(tmp_path):
     cols = [c for c, (task, _) in enumerate(blob["cells"]) if task == "regression"]
     assert cols and np.isfinite(ratio[:, cols]).all()
     np.testing.assert_allclose(ratio[fixed][:, cols].min(axis=0), 1.0)
+
+
+def test_score_is_the_mean_of_the_last_evaluations():
+    # A one-parameter task whose held-out "loss" is the parameter itself:
+    # SGD on (w - 1)^2 from w = 0 gives w_t = 1 - (1 - 2 lr)^t, so the score
+    # must be the mean of w at the ends of the last SCORED of EVALS chunks.
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    oc = _load()
+    steps, lrs = 40, (0.01, 0.05)
+    task = oc.Task(
+        "toy",
+        "toy",
+        lambda key: {"w": jnp.zeros([], jnp.float32)},
+        lambda key, step: jnp.zeros([], jnp.float32),
+        lambda p, b, step: jnp.square(p["w"] - 1.0),
+        lambda p: p["w"],
+        lambda lr, n: optax.sgd(lr),
+        steps,
+        lrs,
+        "sgd",
+    )
+    with jax.numpy_dtype_promotion("standard"):
+        out = oc.run_task(task, seeds=[0, 1], keys={"no clipping"}, log=lambda *a: None)
+    got = out["no clipping"]
+    chunk = steps // oc.EVALS
+    for j, lr in enumerate(lrs):
+        w = [1 - (1 - 2 * lr) ** (chunk * (k + 1)) for k in range(oc.EVALS)]
+        np.testing.assert_allclose(got["evals"][0, j, 0], w, rtol=1e-5)
+        np.testing.assert_allclose(got["final"][0, j], np.mean(w[-oc.SCORED :]), rtol=1e-5)
+        np.testing.assert_allclose(got["v0"][0, j], 0.0)
+    assert got["loss"].shape == (1, len(lrs), 2, steps)

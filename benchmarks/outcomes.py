@@ -34,6 +34,7 @@ import json
 import os
 import pathlib
 import platform
+import re
 import sysconfig
 import time
 from collections.abc import Callable
@@ -897,7 +898,12 @@ def main(argv=None):
     if args.only:
         tasks = [t for t in tasks if t.name in args.only.split(",")]
     if args.strategies:
-        keep = {"no clipping", "fixed", *args.strategies.split(",")}
+        # commas inside a name's parentheses ("ema(2, .99)") do not split
+        wanted = {k.strip() for k in re.split(r",(?![^()]*\))", args.strategies)}
+        unknown = wanted - set(STRATEGIES)
+        if unknown:
+            parser.error(f"--strategies: unknown {sorted(unknown)}; known: {list(STRATEGIES)}")
+        keep = {"no clipping", "fixed", *wanted}
         for key in [k for k in STRATEGIES if k not in keep]:
             del STRATEGIES[key]
     seeds = list(range(args.seeds))

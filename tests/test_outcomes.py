@@ -133,3 +133,17 @@ def test_score_is_the_mean_of_the_last_evaluations():
         np.testing.assert_allclose(got["final"][0, j], np.mean(w[-oc.SCORED :]), rtol=1e-5)
         np.testing.assert_allclose(got["v0"][0, j], 0.0)
     assert got["loss"].shape == (1, len(lrs), 2, steps)
+
+
+def test_strategies_option_keeps_commas_inside_names():
+    # "ema(2, .99)" is one name; an unknown one is refused before training.
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "--smoke", "--strategies", "ema(2, .99),nope(1, 2)"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    )
+    assert result.returncode == 2, result.stderr
+    assert "unknown ['nope(1, 2)']" in result.stderr
+    assert "'ema(2, .99)'" in result.stderr.split("known:")[1]

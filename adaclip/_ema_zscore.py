@@ -8,10 +8,8 @@ import jax
 import jax.numpy as jnp
 
 from adaclip import _validation
-from adaclip._base import ThresholdRule, as_f32
-from adaclip._ema_rules import FEEDS
+from adaclip._base import F32_MAX, FEEDS, ThresholdRule, as_f32, safe_sqrt
 
-_F32_MAX = float(jnp.finfo(jnp.float32).max)
 _MIN_WEIGHT = 1e-6  # the bias correction divides by max(weight, this).
 
 
@@ -135,15 +133,15 @@ def ema_zscore(
         w = jnp.maximum(state.weight, _MIN_WEIGHT)
         mean = state.mean / w
         var = state.square / w - mean * mean
-        std = jnp.sqrt(jnp.maximum(var, jnp.square(as_f32(std_floor))))
+        std = safe_sqrt(jnp.maximum(var, jnp.square(as_f32(std_floor))))
         level = mean + as_f32(sigma) * std
-        level = jnp.where(jnp.isnan(level), _F32_MAX, jnp.minimum(level, _F32_MAX))
+        level = jnp.where(jnp.isnan(level), F32_MAX, jnp.minimum(level, F32_MAX))
         threshold = jnp.where(state.weight > as_f32(min_weight), level, s)
         fed = jnp.minimum(s, level) if feed == "clipped" else s
         rate = 1.0 - as_f32(decay)
         return threshold, EmaZScoreState(
             mean=state.mean + rate * (fed - state.mean),
-            square=jnp.minimum(state.square + rate * (jnp.square(fed) - state.square), _F32_MAX),
+            square=jnp.minimum(state.square + rate * (jnp.square(fed) - state.square), F32_MAX),
             weight=state.weight + rate * (1.0 - state.weight),
         )
 

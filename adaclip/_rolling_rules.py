@@ -9,12 +9,10 @@ import jax.numpy as jnp
 from jax import lax
 
 from adaclip import _validation
-from adaclip._base import ThresholdRule, as_f32, safe_sqrt
-from adaclip._ema_rules import FEEDS
+from adaclip._base import F32_MAX, FEEDS, ThresholdRule, as_f32, safe_sqrt
 from adaclip._window_rules import WindowState, window_filled, window_init, window_push
 
 _STD_FLOOR = 1e-6  # Levanter's floor on the standard deviation.
-_F32_MAX = float(jnp.finfo(jnp.float32).max)
 
 
 class RollingZScoreState(NamedTuple):
@@ -140,7 +138,7 @@ def rolling_zscore(
         dev = jnp.where(valid, state.buffer - mean[None], 0.0)
         var = jnp.sum(jnp.square(dev), axis=0) / jnp.maximum(n - ddof, 1).astype(jnp.float32)
         std = jnp.maximum(safe_sqrt(var), _STD_FLOOR)
-        level = jnp.minimum(mean + as_f32(sigma) * std, _F32_MAX)
+        level = jnp.minimum(mean + as_f32(sigma) * std, F32_MAX)
         threshold = jnp.where(n >= min_history, level, s)
         fed = jnp.minimum(s, threshold) if feed == "clipped" else s
         ring = window_push(WindowState(state.buffer, state.count), fed, window)

@@ -529,10 +529,10 @@ def run_task(task: Task, seeds, keys=None, cache=None, reverse=False, skip=0, lo
         grid = np.array(np.meshgrid(hps, task.lrs, seeds, indexing="ij"), dtype=np.float64)
         hp, lr, seed = (g.ravel() for g in grid)
         start = time.perf_counter()
-        v0, vf, rec = make_runner(task, build)(
+        v0, vals, rec = make_runner(task, build)(
             jnp.asarray(hp, jnp.float32), jnp.asarray(lr, jnp.float32), jnp.asarray(seed, jnp.int32)
         )
-        v0, vals, rec = jax.device_get((v0, vf, rec))
+        v0, vals, rec = jax.device_get((v0, vals, rec))
         shape = (len(hps), len(task.lrs), len(seeds))
         vals = np.asarray(vals).reshape(*shape, EVALS)
         out[key] = {

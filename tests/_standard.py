@@ -13,49 +13,40 @@ import jax
 import optax
 
 
-def standard(tx: optax.GradientTransformation) -> optax.GradientTransformationExtraArgs:
-    """``tx`` with its ``init`` and ``update`` traced under standard promotion."""
+def _under(mode: str, init, update) -> optax.GradientTransformationExtraArgs:
+    """``init`` and ``update`` traced under ``mode`` dtype promotion."""
 
     def init_fn(params):
-        with jax.numpy_dtype_promotion("standard"):
-            return tx.init(params)
+        with jax.numpy_dtype_promotion(mode):
+            return init(params)
 
     def update_fn(updates, state, params=None, **extra_args):
-        with jax.numpy_dtype_promotion("standard"):
-            return optax.with_extra_args_support(tx).update(updates, state, params, **extra_args)
+        with jax.numpy_dtype_promotion(mode):
+            return update(updates, state, params, **extra_args)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _promoted(mode: str, tx: optax.GradientTransformation):
+    return _under(mode, tx.init, optax.with_extra_args_support(tx).update)
+
+
+def standard(tx: optax.GradientTransformation) -> optax.GradientTransformationExtraArgs:
+    """``tx`` with its ``init`` and ``update`` traced under standard promotion."""
+    return _promoted("standard", tx)
 
 
 def strict(tx: optax.GradientTransformation) -> optax.GradientTransformationExtraArgs:
     """``tx`` traced under strict promotion again (adaclip inside optax code)."""
-
-    def init_fn(params):
-        with jax.numpy_dtype_promotion("strict"):
-            return tx.init(params)
-
-    def update_fn(updates, state, params=None, **extra_args):
-        with jax.numpy_dtype_promotion("strict"):
-            return optax.with_extra_args_support(tx).update(updates, state, params, **extra_args)
-
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    return _promoted("strict", tx)
 
 
 def multi_steps(inner, every_k_schedule, **kwargs) -> optax.MultiSteps:
     """``optax.MultiSteps`` (its accumulator mixes int32 and float32) around
     ``inner``, which runs strict. Its state is MultiSteps' own."""
     multi = optax.MultiSteps(strict(inner), every_k_schedule, **kwargs)
-    init, update = multi.init, multi.update
-
-    def init_fn(params):
-        with jax.numpy_dtype_promotion("standard"):
-            return init(params)
-
-    def update_fn(updates, state, params=None, **extra_args):
-        with jax.numpy_dtype_promotion("standard"):
-            return update(updates, state, params, **extra_args)
-
-    multi.init, multi.update = init_fn, update_fn
+    wrapped = _under("standard", multi.init, multi.update)
+    multi.init, multi.update = wrapped.init, wrapped.update
     return multi
 
 

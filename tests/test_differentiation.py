@@ -106,6 +106,26 @@ def test_zero_gradient_has_finite_derivative():
     assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(grads))
 
 
+def test_ema_zscore_zero_variance_without_floor_has_finite_derivative():
+    """A constant history has variance 0; with ``std_floor=0`` the square root
+    sits at 0, where its derivative is infinite. The threshold's derivative
+    must be that of the floored rule (the std term contributes nothing)."""
+
+    def total(statistics, floor):
+        rule = adaclip.ema_zscore(3.0, 0.5, min_weight=0.0, std_floor=floor, feed="raw")
+        state = rule.init(jnp.zeros(()))
+        out = jnp.zeros(())
+        for s in statistics:
+            threshold, state = rule.update(s, state)
+            out = out + threshold
+        return out
+
+    xs = jnp.ones(3)
+    unfloored = jax.grad(total)(xs, 0.0)
+    assert bool(jnp.all(jnp.isfinite(unfloored))), unfloored
+    np.testing.assert_allclose(unfloored, jax.grad(total)(xs, 1e-6), rtol=1e-6)
+
+
 @pytest.mark.parametrize("name", names("contract"))
 def test_every_transformation_differentiates(name):
     """jax.grad through two steps of every transformation runs and is finite."""

@@ -20,21 +20,12 @@ import pytest
 
 import adaclip
 
-
-def _public_modules():
-    modules = [adaclip]
-    for info in pkgutil.walk_packages(adaclip.__path__, "adaclip."):
-        if not any(part.startswith("_") for part in info.name.split(".")):
-            modules.append(importlib.import_module(info.name))
-    return modules
-
-
-MODULES = _public_modules()
 ALL_MODULES = [adaclip] + [
     importlib.import_module(info.name)
     for info in pkgutil.walk_packages(adaclip.__path__, "adaclip.")
     if info.name != "adaclip.__main__"
 ]
+MODULES = [m for m in ALL_MODULES if not any(p.startswith("_") for p in m.__name__.split("."))]
 NAMES = [(module, name) for module in MODULES for name in getattr(module, "__all__", ()) if name]
 
 

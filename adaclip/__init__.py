@@ -33,6 +33,10 @@ from adaclip._schedule_rules import ScheduleState as ScheduleState
 from adaclip._schedule_rules import decaying as decaying
 from adaclip._schedule_rules import fixed as fixed
 from adaclip._schedule_rules import scheduled as scheduled
+from adaclip._second_moment import SecondMomentState as SecondMomentState
+from adaclip._second_moment import SpamState as SpamState
+from adaclip._second_moment import clip_by_second_moment as clip_by_second_moment
+from adaclip._second_moment import spam as spam
 from adaclip._skip import SkipState as SkipState
 from adaclip._skip import skip_bad_steps as skip_bad_steps
 from adaclip._window_rules import PercentileState as PercentileState
@@ -58,7 +62,9 @@ __all__ = [
     "QuantileState",
     "RollingZScoreState",
     "ScheduleState",
+    "SecondMomentState",
     "SkipState",
+    "SpamState",
     "ThresholdRule",
     "Trace",
     "WindowState",
@@ -68,6 +74,7 @@ __all__ = [
     "clamp",
     "clip_by_global_norm",
     "clip_by_leaf_norm",
+    "clip_by_second_moment",
     "clip_by_value",
     "decaying",
     "ema",
@@ -84,6 +91,7 @@ __all__ = [
     "rolling_zscore",
     "scheduled",
     "skip_bad_steps",
+    "spam",
     "warmup",
     "zclip",
     "zscore",

@@ -99,8 +99,9 @@ def clip_by_second_moment(
 
     **Where SPAM breaks, this does not.** An element whose $v$ is exactly 0
     (a weight whose gradient has been 0 so far, or whose $v$ decayed to 0)
-    has no bound: SPAM would clip it to $\\sqrt{\\theta \\cdot 0} = 0$ forever,
-    since its $v$ then never grows. Here its first non-zero gradient passes
+    has no bound: SPAM would clip it to $\\sqrt{\\theta \\cdot 0} = 0$, so its
+    $v$ never grows and it stays frozen until the next momentum reset
+    (forever without resets). Here its first non-zero gradient passes
     and the weight trains. A non-finite gradient never enters $v$ (below).
     $v$ is held at the dtype's largest value rather than overflow to
     ``inf``, which no step could bring back.
@@ -262,7 +263,7 @@ def clip_by_second_moment(
         theta = _as(bound, w)
         limit = theta * vw  # the bound on g^2; inf (no bound) or NaN (inf * 0) never cuts
         # A zero threshold cuts every element, v = 0 included; otherwise an
-        # element with v = 0 has no bound (SPAM would zero it forever).
+        # element with v = 0 has no bound (SPAM would zero it until its next reset).
         cut = (gw * gw > limit) & ((vw > 0) | (theta == 0))
         clipped = jnp.where(cut, jnp.sign(gw) * safe_sqrt(jnp.where(cut, limit, 0.0)), gw)
         decay = _as(b2, w)
@@ -310,17 +311,18 @@ class SpamState(NamedTuple):
 
 
 def _bias_correction(decay: Any, t: jax.Array) -> jax.Array:
-    """``1 - decay**t`` in float32 to a few ulps (``-expm1(t log1p(-(1 - decay)))``):
-    the plain form loses ~1e-5 of it to rounding at small ``t`` with ``decay = 0.999``."""
-    c = jnp.asarray(_one_minus(decay), jnp.float32)
+    """``1 - decay**t`` in ``t``'s dtype to a few ulps (``-expm1(t log1p(-(1 - decay)))``):
+    the plain form loses ~1e-5 of it to rounding in float32 at small ``t`` with
+    ``decay = 0.999``."""
+    c = _as(_one_minus(decay), t.dtype)
     return -jnp.expm1(t * jnp.log1p(-c))
 
 
-def _lr_ramp(steps_since_reset: jax.Array, lr_ramp_steps: Any) -> jax.Array:
+def _lr_ramp(steps_since_reset: jax.Array, lr_ramp_steps: Any, dtype: Any) -> jax.Array:
     """SPAM's learning-rate factor after a reset: ``1 - CosineDecay(0.99, R)``,
     i.e. ``1 - 0.99 (1 + cos(pi k / (R + 1))) / 2`` for ``k < R``, then 1."""
-    k = steps_since_reset.astype(jnp.float32)
-    r = jnp.asarray(lr_ramp_steps).astype(jnp.float32)
+    k = steps_since_reset.astype(dtype)
+    r = _as(lr_ramp_steps, dtype)
     ramp = 1.0 - 0.99 * (1.0 + jnp.cos(jnp.pi * k / (r + 1.0))) / 2.0
     return jnp.where(k < r, ramp, 1.0)
 
@@ -367,7 +369,8 @@ def spam(
     (TianjinYellow/SPAM-Optimizer, ``galore_torch/SPAM.py``, without its
     GaLore ``density`` masks) step for step, except where the original
     breaks: a weight whose $v$ is still 0 when clipping starts (its
-    gradient was 0 so far) trains instead of being clipped to 0 forever, and
+    gradient was 0 so far) trains instead of being clipped to 0 until the
+    next reset, and
     a non-finite gradient never reaches the moments (see
     [`adaclip.clip_by_second_moment`][adaclip.clip_by_second_moment]). The
     second moment is stored once, in the clipper's state, not twice as
@@ -461,11 +464,14 @@ def spam(
         nu = clip_state.rule_state.nu
 
         lr = learning_rate(state.count) if callable(learning_rate) else learning_rate
-        lr = jnp.asarray(lr, jnp.float32)
-        tf = t.astype(jnp.float32)
+        # Scalars in float64 when a moment is float64 (x64), else float32.
+        wide = any(jnp.dtype(m.dtype) == jnp.float64 for m in jax.tree.leaves(mu))
+        sdt = jnp.float64 if wide else jnp.float32
+        lr = _as(lr, sdt)
+        tf = t.astype(sdt)
         step_size = lr * jnp.sqrt(_bias_correction(b2, tf)) / _bias_correction(b1, tf)
-        step_size = step_size * _lr_ramp(since, lr_ramp_steps)
-        decay_factor = lr * jnp.asarray(weight_decay, jnp.float32)
+        step_size = step_size * _lr_ramp(since, lr_ramp_steps, sdt)
+        decay_factor = lr * _as(weight_decay, sdt)
 
         def leaf(g, m, v, p):
             if not _is_inexact(g):

@@ -124,3 +124,70 @@ def window_percentile(stats, p, window):
     return np.array(
         [np.percentile(stats[max(0, t - window + 1) : t + 1], p, axis=0) for t in range(len(stats))]
     )
+
+
+def spam(
+    params,
+    grad_fn,
+    steps,
+    lr=1e-3,
+    betas=(0.9, 0.999),
+    eps=1e-6,
+    weight_decay=0.0,
+    warmup_steps=150,
+    threshold=5000,
+    delta_t=500,
+    grad_accu_steps=20,
+    dtype=np.float64,
+):
+    """SPAM's ``AdamW.step`` (TianjinYellow/SPAM-Optimizer, ``galore_torch/SPAM.py``),
+    dense parameters (no ``density`` masks), one parameter group.
+
+    ``params`` is a list of arrays, ``grad_fn(params, t)`` the gradients at
+    1-based step ``t``. Element arithmetic is done in ``dtype`` (torch's
+    float32 tensors, or float64); scalars (step size, ramp) in Python floats,
+    as torch's ``alpha=`` arguments are. ``warmup_steps`` is SPAM's name for
+    the learning-rate ramp after a reset. Returns the parameters after every
+    step and the clip masks of every step.
+    """
+    b1, b2 = betas
+    p = [np.array(x, dtype) for x in params]
+    m = [np.zeros_like(x) for x in p]
+    v = [np.zeros_like(x) for x in p]
+    total_step, current_step = 0, warmup_steps + 1
+    trajectory, masks = [], []
+
+    def dr(k):
+        if k >= warmup_steps:
+            return 0.0
+        return 0.99 * (1.0 + np.cos(np.pi * k / (warmup_steps + 1))) / 2.0
+
+    for _ in range(steps):
+        scale = 1.0 - dr(current_step)
+        grads = [np.array(g, dtype) for g in grad_fn([x.copy() for x in p], total_step + 1)]
+        step_masks = []
+        for i, g in enumerate(grads):
+            if (total_step + 1) % delta_t == 0:  # (delta_t = 0 raises, as in the original)
+                m[i], v[i] = np.zeros_like(g), np.zeros_like(g)
+            step = total_step + 1  # the per-parameter step, never reset
+            mask = np.zeros(g.shape, bool)
+            if threshold != 0:
+                c = total_step + 1
+                if c >= grad_accu_steps and c % delta_t >= grad_accu_steps:
+                    mask = g**2 > dtype(threshold) * v[i]
+                    g = np.where(mask, np.sign(g) * np.sqrt(v[i] * dtype(threshold)), g)
+            step_masks.append(mask)
+            m[i] = m[i] * dtype(b1) + g * dtype(1.0 - b1)
+            v[i] = v[i] * dtype(b2) + g * g * dtype(1.0 - b2)
+            denom = np.sqrt(v[i]) + dtype(eps)
+            step_size = lr * np.sqrt(1.0 - b2**step) / (1.0 - b1**step)
+            p[i] = p[i] + dtype(-step_size * scale) * (m[i] / denom)
+            if weight_decay > 0:
+                p[i] = p[i] + dtype(-lr * weight_decay) * p[i]
+        total_step += 1
+        current_step += 1
+        if total_step != 0 and (total_step + 1) % delta_t == 0:
+            current_step = 0
+        trajectory.append([x.copy() for x in p])
+        masks.append(step_masks)
+    return trajectory, masks

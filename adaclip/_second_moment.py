@@ -40,7 +40,7 @@ class SecondMomentState(NamedTuple):
     """
 
     nu: PyTree  # like the params, float32 (float64 for a float64 leaf): EMA of clipped g**2.
-    count: jax.Array  # int32, (): steps since ``nu`` was last zeroed (the warm-up counter).
+    count: jax.Array  # int32, (): finite steps since ``nu`` was zeroed (the warm-up counter).
     threshold_state: PyTree  # the state of the threshold (a float's or a schedule's).
 
 
@@ -92,8 +92,8 @@ def clip_by_second_moment(
     [`adaclip.spam`][adaclip.spam] is the whole SPAM optimizer, with its
     momentum resets.
 
-    **Warm-up.** Nothing is clipped during the first ``warmup_steps`` steps
-    (while $v$ is still mostly its zero start). SPAM's ``grad_accu_steps``
+    **Warm-up.** Nothing is clipped during the first ``warmup_steps`` finite
+    steps (while $v$ is still mostly its zero start). SPAM's ``grad_accu_steps``
     $G$ clips from its $G$-th step, i.e. ``warmup_steps = G - 1``; the
     default 19 is SPAM's $G = 20$.
 
@@ -115,12 +115,14 @@ def clip_by_second_moment(
     ``clip_rate`` is the fraction of finite steps with a clipped element.
 
     **Non-finite steps.** A step with any NaN or infinite gradient element is
-    non-finite as a whole: ``nonfinite_count`` goes up and the other metrics
-    keep their values. With ``nonfinite="skip"`` (the default) the update is
-    all zeros and $v \\leftarrow \\beta_2 v$, what it would be after a zero
-    gradient, so it still equals the ``nu`` of an Adam after it; with
-    ``"propagate"`` the gradients pass through unchanged and $v$ is left as
-    it was. Either way no NaN reaches $v$. The warm-up counts every step.
+    non-finite as a whole: ``nonfinite_count`` goes up and the state is
+    otherwise left as it was ($v$, the warm-up counter, the schedule's step
+    and the metrics), so no NaN ever reaches $v$. With ``nonfinite="skip"``
+    (the default) the step's update is all zeros, with ``"propagate"`` the
+    gradients pass through unchanged. An Adam after the clipper still steps
+    on the zero update and decays its ``nu`` by $\\beta_2$; $v$ keeps its value,
+    so after a skipped step $v$ exceeds that ``nu`` by a share that fades as
+    $\\beta_2^k$ (a bound slightly looser than SPAM's, never a NaN one).
 
     **Cost.** One read of the gradients and of $v$ for the finiteness check
     and the ``norm`` metric, then one element-wise pass that computes
@@ -250,7 +252,7 @@ def clip_by_second_moment(
             count=increment(state.count),
             rule_state=SecondMomentState(
                 nu=jax.tree.unflatten(treedef, new_nus),
-                count=increment(moment.count),
+                count=jnp.where(finite, increment(moment.count), moment.count),
                 threshold_state=threshold_state,
             ),
         )
@@ -269,12 +271,9 @@ def clip_by_second_moment(
         decay = _as(b2, w)
         new_v = _as(_one_minus(b2), w) * (clipped * clipped) + decay * vw
         new_v = jnp.minimum(new_v, jnp.finfo(w).max)  # no absorbing inf
-        if nonfinite == "skip":
-            out = jnp.where(finite, clipped, jnp.zeros_like(clipped))
-            new_v = jnp.where(finite, new_v, decay * vw)
-        else:
-            out = jnp.where(finite, clipped, gw)
-            new_v = jnp.where(finite, new_v, vw)
+        # A bad step: zeros ("skip") or g as it came ("propagate"); v as it was.
+        out = jnp.where(finite, clipped, jnp.zeros_like(clipped) if nonfinite == "skip" else gw)
+        new_v = jnp.where(finite, new_v, vw)
         return _numerics.convert(out, g.dtype), _numerics.convert(new_v, v.dtype)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

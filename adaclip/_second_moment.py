@@ -263,10 +263,13 @@ def clip_by_second_moment(
         w = jnp.promote_types(_numerics.work_dtype(g.dtype), v.dtype)
         gw, vw = _numerics.convert(g, w), _numerics.convert(v, w)
         theta = _as(bound, w)
-        limit = theta * vw  # the bound on g^2; inf (no bound) or NaN (inf * 0) never cuts
+        # No bound (inf: the warm-up, a bad step, measure-only) never cuts;
+        # kept out of the product so that its derivative is not inf * 0.
+        bounded = jnp.isfinite(theta)
+        limit = jnp.where(bounded, theta, 0.0) * vw  # the bound on g^2
         # A zero threshold cuts every element, v = 0 included; otherwise an
         # element with v = 0 has no bound (SPAM would zero it until its next reset).
-        cut = (gw * gw > limit) & ((vw > 0) | (theta == 0))
+        cut = bounded & (gw * gw > limit) & ((vw > 0) | (theta == 0))
         clipped = jnp.where(cut, jnp.sign(gw) * safe_sqrt(jnp.where(cut, limit, 0.0)), gw)
         decay = _as(b2, w)
         new_v = _as(_one_minus(b2), w) * (clipped * clipped) + decay * vw

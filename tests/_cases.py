@@ -378,6 +378,30 @@ CASES.update(
                 ),
             ),
         ),
+        # Element blocks: second-moment clipping (SPAM). Its threshold is a
+        # float or a schedule (a rule's state would be parameter-sized), so
+        # these rows stand for the rule axis; no axis_name (element-wise).
+        "moment-float": Case(
+            build=lambda **kw: adaclip.clip_by_second_moment(8.0, b2=0.9, warmup_steps=2, **kw),
+            tags=frozenset({"contract", "scale"}),
+            warmup=2,
+            inject=(
+                Inject(
+                    lambda threshold, b2, warmup_steps: adaclip.clip_by_second_moment(
+                        threshold, b2=b2, warmup_steps=warmup_steps
+                    ),
+                    dict(threshold=8.0, b2=0.9, warmup_steps=2),
+                    dict(threshold=1.5, b2=0.3, warmup_steps=50),
+                ),
+            ),
+        ),
+        "moment-schedule": Case(
+            build=lambda **kw: adaclip.clip_by_second_moment(
+                schedule(optax.linear_schedule(20.0, 4.0, 30)), b2=0.9, warmup_steps=1, **kw
+            ),
+            tags=frozenset({"contract", "scale"}),
+            warmup=1,
+        ),
         # The step-skipping wrapper: only its loss rule's hyper-parameters
         # are run here (tests/test_skip.py covers the rest).
         "skip_bad_steps-loss_rule": Case(

@@ -30,6 +30,7 @@ SCRIPT = textwrap.dedent(
         ("value", lambda: adaclip.clip_by_value(0.5), lambda: optax.clip(0.5)),
         ("global-ema", lambda: adaclip.clip_by_global_norm(adaclip.ema(1.5, 0.9)), None),
         ("autoclip", lambda: adaclip.autoclip(10.0, window=4), None),
+        ("moment", lambda: adaclip.clip_by_second_moment(1.5, b2=0.5, warmup_steps=1), None),
     ]
     gs = jax.device_put(g, NamedSharding(mesh, P("d")))
     for name, make, make_ref in cases:

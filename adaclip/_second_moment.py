@@ -266,11 +266,18 @@ def clip_by_second_moment(
         # No bound (inf: the warm-up, a bad step, measure-only) never cuts;
         # kept out of the product so that its derivative is not inf * 0.
         bounded = jnp.isfinite(theta)
-        limit = jnp.where(bounded, theta, 0.0) * vw  # the bound on g^2
+        th = jnp.where(bounded, theta, 0.0)
+        limit, g2 = th * vw, gw * gw  # SPAM's comparison: g^2 > theta * v
+        # Beyond the dtype's range (v held at its maximum, |g| > ~1e19 in
+        # float32) compare the roots instead, which cannot overflow.
+        big = jnp.isinf(limit) | jnp.isinf(g2)
+        big_root = safe_sqrt(th) * safe_sqrt(vw)
+        over = jnp.where(big, jnp.abs(gw) > big_root, g2 > limit)
         # A zero threshold cuts every element, v = 0 included; otherwise an
         # element with v = 0 has no bound (SPAM would zero it until its next reset).
-        cut = bounded & (gw * gw > limit) & ((vw > 0) | (theta == 0))
-        clipped = jnp.where(cut, jnp.sign(gw) * safe_sqrt(jnp.where(cut, limit, 0.0)), gw)
+        cut = bounded & over & ((vw > 0) | (theta == 0))
+        root = jnp.where(big, big_root, safe_sqrt(jnp.where(cut & ~big, limit, 0.0)))
+        clipped = jnp.where(cut, jnp.sign(gw) * root, gw)
         decay = _as(b2, w)
         new_v = _as(_one_minus(b2), w) * (clipped * clipped) + decay * vw
         new_v = jnp.minimum(new_v, jnp.finfo(w).max)  # no absorbing inf

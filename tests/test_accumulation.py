@@ -82,8 +82,10 @@ def test_k_micro_batches_clip_like_one_big_batch(name):
             lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), p_multi, p_big
         )
         m_big, m_multi = adaclip.metrics(s_big), adaclip.metrics(s_multi)
-        np.testing.assert_allclose(m_multi["norm"], m_big["norm"], rtol=1e-5)
-        np.testing.assert_allclose(m_multi["threshold"], m_big["threshold"], rtol=1e-5)
+        # A second-moment ratio g^2 / v doubles g's relative rounding and adds v's.
+        rtol = 4e-5 if name.startswith("moment-") else 1e-5
+        np.testing.assert_allclose(m_multi["norm"], m_big["norm"], rtol=rtol)
+        np.testing.assert_allclose(m_multi["threshold"], m_big["threshold"], rtol=rtol)
         np.testing.assert_array_equal(m_multi["clipped"], m_big["clipped"])
         if name.startswith("global-"):
             leaves = [np.asarray(v, np.float64) for v in jax.tree.leaves(g_big)]

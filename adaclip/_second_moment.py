@@ -213,6 +213,13 @@ def clip_by_second_moment(
                 "no order (optax.clip raises too)."
             )
         pairs = [(g, v) for g, v, c in zip(leaves, nus, clippable, strict=True) if c]
+        for g, v in pairs:
+            if jnp.shape(g) != jnp.shape(v):
+                raise ValueError(
+                    "clip_by_second_moment: a gradient leaf of shape "
+                    f"{tuple(jnp.shape(g))} meets a second moment of shape {tuple(jnp.shape(v))}; "
+                    "init takes the params, whose shapes the gradients must have."
+                )
 
         # One read of g and v: the largest ratio g^2 / v and a NaN probe
         # (sum(g * 0) is NaN exactly when an element is NaN or infinite; a

@@ -31,6 +31,7 @@ LAYERS = {
     "adaclip._log_space": 3,
     "adaclip._clippers": 4,
     "adaclip._find": 4.5,
+    "adaclip._second_moment": 4.5,  # an element clipper that reuses ClipState
     "adaclip._recipes": 5,
     "adaclip._replay": 5,
     "adaclip._skip": 5,

@@ -7,6 +7,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
+from jax import lax
 
 from adaclip import _numerics, _validation
 from adaclip._base import (
@@ -221,21 +222,27 @@ def clip_by_second_moment(
                     "init takes the params, whose shapes the gradients must have."
                 )
 
-        # One read of g and v: the largest ratio g^2 / v and a NaN probe
-        # (sum(g * 0) is NaN exactly when an element is NaN or infinite; a
-        # max may drop NaN when XLA splits it across devices, a sum never does).
+        # One read of g and v: the largest ratio g^2 / v, saturated, plus
+        # g * 0 (0, or NaN for a NaN or infinite element): one max that is
+        # NaN exactly when the step is non-finite. Where XLA may split the max
+        # across devices (which can drop a NaN on some backends), a NaN probe
+        # (a sum, which never drops it) rides along, as in clip_by_value.
+        probe_needed = _numerics._may_span_devices()
         ratio = jnp.zeros([], jnp.float32)
         probe = jnp.zeros([], jnp.float32)
         for g, v in pairs:
+            if not g.size:
+                continue
             w = jnp.promote_types(_numerics.work_dtype(g.dtype), v.dtype)
             gw, vw = _numerics.convert(g, w), _numerics.convert(v, w)
             positive = vw > 0
-            r = jnp.where(positive, (gw * gw) / jnp.where(positive, vw, 1.0), 0.0)
-            if r.size:
-                ratio = jnp.maximum(ratio, saturating_f32(jnp.minimum(jnp.max(r), F32_MAX)))
-            probe = probe + jnp.sum(gw * 0.0).astype(jnp.float32)
-        stat = jnp.where(jnp.isnan(probe), jnp.nan, ratio)
-
+            r = jnp.minimum((gw * gw) / jnp.where(positive, vw, 1.0), jnp.finfo(w).max)
+            r = jnp.where(positive, r, 0.0) + gw * 0.0
+            m = lax.reduce(r, jnp.asarray(-jnp.inf, w), lax.max, tuple(range(r.ndim)))
+            ratio = jnp.maximum(ratio, saturating_f32(m))
+            if probe_needed:
+                probe = probe + jnp.sum(gw * 0.0).astype(jnp.float32)
+        stat = ratio + probe
         theta, threshold_state, finite = step_rule(rule, stat, moment.threshold_state)
         active = moment.count >= warmup_steps
         # The bound that applies: none (inf) in the warm-up or on a bad step.
@@ -275,15 +282,15 @@ def clip_by_second_moment(
         bounded = jnp.isfinite(theta)
         th = jnp.where(bounded, theta, 0.0)
         limit, g2 = th * vw, gw * gw  # SPAM's comparison: g^2 > theta * v
-        # Beyond the dtype's range (v held at its maximum, |g| > ~1e19 in
-        # float32) compare the roots instead, which cannot overflow.
+        # The bound sqrt(theta) sqrt(v) cannot overflow; where theta * v or
+        # g^2 does (v held at the dtype's maximum, |g| > ~1e19 in float32)
+        # the comparison is made on it instead.
+        root = jnp.sqrt(th) * safe_sqrt(vw)
         big = jnp.isinf(limit) | jnp.isinf(g2)
-        big_root = safe_sqrt(th) * safe_sqrt(vw)
-        over = jnp.where(big, jnp.abs(gw) > big_root, g2 > limit)
+        over = (g2 > limit) | (big & (jnp.abs(gw) > root))
         # A zero threshold cuts every element, v = 0 included; otherwise an
         # element with v = 0 has no bound (SPAM would zero it until its next reset).
         cut = bounded & over & ((vw > 0) | (theta == 0))
-        root = jnp.where(big, big_root, safe_sqrt(jnp.where(cut & ~big, limit, 0.0)))
         clipped = jnp.where(cut, jnp.sign(gw) * root, gw)
         decay = _as(b2, w)
         new_v = _as(_one_minus(b2), w) * (clipped * clipped) + decay * vw

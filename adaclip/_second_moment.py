@@ -235,9 +235,12 @@ def clip_by_second_moment(
                 continue
             w = jnp.promote_types(_numerics.work_dtype(g.dtype), v.dtype)
             gw, vw = _numerics.convert(g, w), _numerics.convert(v, w)
-            positive = vw > 0
-            r = jnp.minimum((gw * gw) / jnp.where(positive, vw, 1.0), jnp.finfo(w).max)
-            r = jnp.where(positive, r, 0.0) + gw * 0.0
+            # Arithmetic only (no select), which XLA:CPU fuses into the
+            # reduction instead of writing the ratios out: sign(v) is 0 for
+            # v = 0 (no bound, not counted) and 1 otherwise.
+            big = jnp.finfo(w)
+            r = jnp.minimum((gw * gw) / jnp.maximum(vw, big.tiny), big.max) * jnp.sign(vw)
+            r = r + gw * 0.0
             m = lax.reduce(r, jnp.asarray(-jnp.inf, w), lax.max, tuple(range(r.ndim)))
             ratio = jnp.maximum(ratio, saturating_f32(m))
             if probe_needed:

@@ -11,7 +11,6 @@ from jax import lax
 
 from adaclip import _numerics, _validation
 from adaclip._base import (
-    F32_MAX,
     PyTree,
     ThresholdLike,
     ThresholdRule,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import jax
 import jax.numpy as jnp
@@ -460,7 +460,9 @@ def spam(
             ),
             params,
         )
-        return SpamState(count=jnp.zeros([], jnp.int32), mu=mu, clip=clipper.init(params))
+        return SpamState(
+            count=jnp.zeros([], jnp.int32), mu=mu, clip=cast(ClipState, clipper.init(params))
+        )
 
     def update_fn(updates, state, params=None, **extra_args):
         del extra_args
@@ -485,7 +487,8 @@ def spam(
             count=jnp.where(reset, -1, moment.count).astype(jnp.int32),
         )
         mu = jax.tree.map(lambda m, z: jnp.where(reset, z, m), mu, zero(mu))
-        clipped, clip_state = clipper.update(updates, clip_state._replace(rule_state=moment))
+        clipped, new_clip = clipper.update(updates, clip_state._replace(rule_state=moment))
+        clip_state = cast(ClipState, new_clip)
         nu = clip_state.rule_state.nu
 
         lr = learning_rate(state.count) if callable(learning_rate) else learning_rate

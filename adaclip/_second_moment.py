@@ -11,6 +11,7 @@ from jax import lax
 
 from adaclip import _numerics, _validation
 from adaclip._base import (
+    F32_MAX,
     PyTree,
     ThresholdLike,
     ThresholdRule,
@@ -221,11 +222,16 @@ def clip_by_second_moment(
                     "init takes the params, whose shapes the gradients must have."
                 )
 
-        # One read of g and v: the largest ratio g^2 / v, saturated, plus
-        # g * 0 (0, or NaN for a NaN or infinite element): one max that is
-        # NaN exactly when the step is non-finite. Where XLA may split the max
-        # across devices (which can drop a NaN on some backends), a NaN probe
-        # (a sum, which never drops it) rides along, as in clip_by_value.
+        # One read of g and v: the largest ratio g^2 / v over the elements
+        # with v > 0. Written with arithmetic only and no constant arrays
+        # (no select, no clamp), which XLA:CPU fuses into the reduction
+        # instead of writing arrays out: with s = sign(v) (0 or 1),
+        # (g s) g / (v + (1 - s)) is g^2 / v where v > 0 and 0 where v = 0;
+        # g - g is NaN exactly for a NaN or infinite element. So the max is
+        # NaN exactly on a non-finite step, and +inf only where a finite
+        # ratio overflows (it is then held at the float32 maximum). Where
+        # XLA may split the max across devices (which can drop a NaN on some
+        # backends), a NaN probe (a sum, which never drops it) rides along.
         probe_needed = _numerics._may_span_devices()
         ratio = jnp.zeros([], jnp.float32)
         probe = jnp.zeros([], jnp.float32)
@@ -234,17 +240,13 @@ def clip_by_second_moment(
                 continue
             w = jnp.promote_types(_numerics.work_dtype(g.dtype), v.dtype)
             gw, vw = _numerics.convert(g, w), _numerics.convert(v, w)
-            # Arithmetic only (no select), which XLA:CPU fuses into the
-            # reduction instead of writing the ratios out: sign(v) is 0 for
-            # v = 0 (no bound, not counted) and 1 otherwise.
-            big = jnp.finfo(w)
-            r = jnp.minimum((gw * gw) / jnp.maximum(vw, big.tiny), big.max) * jnp.sign(vw)
-            r = r + gw * 0.0
+            s = jnp.sign(vw)
+            r = (gw * s) * gw / (vw + (1.0 - s)) + (gw - gw)
             m = lax.reduce(r, jnp.asarray(-jnp.inf, w), lax.max, tuple(range(r.ndim)))
             ratio = jnp.maximum(ratio, saturating_f32(m))
             if probe_needed:
-                probe = probe + jnp.sum(gw * 0.0).astype(jnp.float32)
-        stat = ratio + probe
+                probe = probe + jnp.sum(gw - gw).astype(jnp.float32)
+        stat = jnp.minimum(ratio, F32_MAX) + probe
         theta, threshold_state, finite = step_rule(rule, stat, moment.threshold_state)
         active = moment.count >= warmup_steps
         # The bound that applies: none (inf) in the warm-up or on a bad step.

@@ -126,8 +126,9 @@ def clip_by_second_moment(
     $\\beta_2^k$ (a bound slightly looser than SPAM's, never a NaN one).
 
     **Cost.** One read of the gradients and of $v$ for the finiteness check
-    and the ``norm`` metric, then one element-wise pass that computes
-    $\\hat g$ and the new $v$ together (fused with the optimizer after it).
+    and the ``norm`` metric (one fused reduction), then an element-wise pass
+    that computes $\\hat g$ and the new $v$. On XLA:CPU that pass writes out
+    temporaries (see the performance page).
     Complex gradients are rejected (a complex number has no order).
 
     Args:

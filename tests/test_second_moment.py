@@ -335,3 +335,82 @@ def test_spam_weight_decay_needs_params():
     opt = adaclip.spam(1e-3, weight_decay=0.1)
     with pytest.raises(ValueError, match="params"):
         opt.update({"w": jnp.ones(2)}, opt.init({"w": jnp.ones(2)}))
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_spam_jit_donation_scan_and_dtypes(dtype):
+    """spam as users run it: jitted with params and state donated; updates
+    in the gradients' dtype; the state keeps its tree, shapes and dtypes; a
+    lax.scan gives the loop's result; metrics are readable."""
+    opt = adaclip.spam(1e-2, threshold=8.0, warmup_steps=2, reset_interval=5, lr_ramp_steps=3)
+    params = {"w": jnp.ones((3, 2), dtype), "b": jnp.zeros(2, dtype)}
+    grads = [
+        jax.tree.map(
+            lambda p, t=t: (
+                (jnp.sin(jnp.arange(p.size) + t) * (1 + 9 * (t % 4 == 3)))
+                .reshape(p.shape)
+                .astype(dtype)
+            ),
+            params,
+        )
+        for t in range(12)
+    ]
+
+    def one(params, state, g):
+        u, state = opt.update(g, state, params)
+        return optax.apply_updates(params, u), state, u
+
+    step = jax.jit(one, donate_argnums=(0, 1))
+    state = opt.init(params)
+    shapes = jax.tree.map(lambda x: (x.shape, x.dtype), state)
+    p = jax.tree.map(jnp.copy, params)
+    for g in grads:
+        p, state, u = step(p, state, g)
+        assert jax.tree.map(lambda x: x.dtype, u) == jax.tree.map(lambda x: x.dtype, g)
+        assert jax.tree.map(lambda x: (x.shape, x.dtype), state) == shapes
+    assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(p))
+    assert float(adaclip.metrics(state)["clip_rate"]) > 0
+
+    def body(carry, g):
+        p, s = carry
+        p, s, _ = one(p, s, g)
+        return (p, s), None
+
+    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *grads)
+    (p_scan, _), _ = jax.lax.scan(body, (params, opt.init(params)), stacked)
+    for a, b in zip(jax.tree.leaves(p_scan), jax.tree.leaves(p), strict=True):
+        np.testing.assert_allclose(
+            np.asarray(a, np.float32),
+            np.asarray(b, np.float32),
+            rtol=1e-2 if dtype == jnp.bfloat16 else 1e-5,
+        )
+
+
+def test_spam_differentiates_and_injects_without_recompiling():
+    params = {"w": jnp.array([1.0, -2.0, 0.5])}
+
+    def run(g):
+        opt = adaclip.spam(1e-2, warmup_steps=0, threshold=4.0)
+        state = opt.init(params)
+        u, state = opt.update(g, state, params)
+        u, state = opt.update(jax.tree.map(lambda x: 3.0 * x, g), state, params)
+        return jnp.sum(u["w"] ** 2)
+
+    grad = jax.jit(jax.grad(run))({"w": jnp.array([0.3, -0.1, 2.0])})
+    assert bool(jnp.all(jnp.isfinite(grad["w"])))
+
+    opt = optax.inject_hyperparams(adaclip.spam)(learning_rate=1e-2, threshold=8.0)
+    state = opt.init(params)
+    compiles = []
+
+    @jax.jit
+    def step(g, state):
+        compiles.append(1)
+        return opt.update(g, state, params)
+
+    g = {"w": jnp.array([0.3, -0.1, 2.0])}
+    u1, state = step(g, state)
+    state.hyperparams["learning_rate"] = jnp.asarray(0.5, jnp.float32)
+    u2, state = step(g, state)
+    assert len(compiles) == 1
+    assert not np.allclose(u1["w"], u2["w"])

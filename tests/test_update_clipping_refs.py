@@ -347,23 +347,23 @@ def test_axlearn_fixed_drop_norm_and_max_norm():
 )
 def test_axlearn_adaptive_drop_norm(kind, rule):
     """The adaptive thresholds: the smallest multiplier decides (the others
-    only label AXLearn's drop counters). Without spikes (NaN steps only,
-    which both keep out of the statistics) the decisions agree on every step;
-    with spikes they agree up to and including the first drop, after which
-    AXLearn's statistics stay frozen on the dropped step and adaclip's rule
-    records it (see the docs page: frozen statistics are an absorbing state)."""
+    only label AXLearn's drop counters). NaN steps are dropped by both and
+    kept out of both's statistics; the decisions agree up to and including
+    the first drop of a finite spike, after which AXLearn's statistics stay
+    frozen on the dropped step and adaclip's rule records it (see the docs
+    page: frozen statistics are an absorbing state)."""
     steps = 900
-    quiet = _norm_sequence(steps, 1, nan_steps=(100, 101, 600), spikes=False)
-    # A real spike in the quiet run past min_count, to prove the bound is on.
-    quiet[700] = quiet[699] * 80.0
-    dropped, scale = axlearn_skip_and_clip(
-        quiet, drop_norm=kind, decay=0.99, max_norm=2.0
-    )
+    quiet = _norm_sequence(steps, 1, nan_steps=(100, 101), spikes=False)
+    # Two spikes: just before min_count kept steps (steps 100 and 101 are NaN,
+    # so step 498 has 496 kept steps behind it and AXLearn's stddev bound is
+    # still 1e10) and at exactly 500 (step 502: the bound is on).
+    quiet[[498, 502]] *= np.float32([80.0, 1000.0])
+    dropped, scale = axlearn_skip_and_clip(quiet, drop_norm=kind, decay=0.99, max_norm=2.0)
     skipped, seen = _run_skips(_axlearn_tx(rule, 2.0), quiet)
-    np.testing.assert_array_equal(skipped[:700], dropped[:700])
-    assert dropped[[100, 101, 600, 700]].all() and skipped[700]
-    kept = ~dropped[:700]
-    np.testing.assert_allclose(seen[:700][kept], (quiet * scale)[:700][kept], rtol=1e-5)
+    np.testing.assert_array_equal(skipped[:503], dropped[:503])
+    assert dropped[[100, 101, 502]].all() and dropped[498] == (kind == "ema")
+    kept = ~dropped[:503]
+    np.testing.assert_allclose(seen[:503][kept], (quiet * scale)[:503][kept], rtol=1e-5)
 
     spiky = _norm_sequence(steps, 2, nan_steps=(30,))
     if kind == "stddev":

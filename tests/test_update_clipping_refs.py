@@ -339,9 +339,7 @@ def test_axlearn_fixed_drop_norm_and_max_norm():
         # drop_norm_by_grad_norm_stddev(min_count=500, multipliers=(20, 40, 100))
         (
             "stddev",
-            adaclip.ema_zscore(
-                20.0, 0.99, min_weight=1 - 0.99**499.5, std_floor=0.0, feed="raw"
-            ),
+            adaclip.ema_zscore(20.0, 0.99, min_weight=1 - 0.99**499.5, std_floor=0.0, feed="raw"),
         ),
     ],
 )
@@ -384,3 +382,17 @@ def test_axlearn_frozen_statistics_absorb_a_level_shift():
     assert dropped[200:].all()
     skipped, _ = _run_skips(_axlearn_tx(adaclip.ema(20.0, 0.99), 2.0), norms)
     assert skipped[200] and not skipped[-300:].any()
+
+
+def test_axlearn_ema_start_at_one_absorbs_large_first_norms():
+    """AXLearn's EMAs start at 1, so with the EMA rule a first norm of 20 or
+    more is dropped, and the EMA (updated only on kept steps) stays at 1:
+    every step is dropped while the norm stays above 20. adaclip has no
+    bound until a first norm is in, and drops none of them."""
+    norms = np.full(300, 30.0, np.float32) * np.exp(
+        0.1 * np.random.default_rng(4).standard_normal(300)
+    ).astype(np.float32)
+    dropped, _ = axlearn_skip_and_clip(norms, drop_norm="ema", decay=0.99)
+    assert dropped.all()
+    skipped, _ = _run_skips(_axlearn_tx(adaclip.ema(20.0, 0.99), 2.0), norms)
+    assert not skipped.any()

@@ -73,6 +73,11 @@ def rolling_zscore(
     ``rolling_interval_length + 1`` values, the current one included, and
     uses torch's sample standard deviation).
 
+    It is also Levanter's and Marin's update-norm clip
+    (``clip_update_by_historical_norm``: ``rolling_zscore(sigma_factor,
+    rolling_interval_length)`` with the defaults, on the clipper placed
+    after Adam and weight decay); see the "Update clipping" docs page.
+
     **Differences from both.** In Levanter and OLMo-core a NaN loss or norm
     enters the history, after which every step is skipped until it leaves
     the window (a NaN mean makes every comparison fail); here it never

@@ -6,11 +6,62 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from adaclip import _validation
-from adaclip._base import F32_MAX, FEEDS, ThresholdRule, as_f32, safe_sqrt
+from adaclip._base import (
+    F32_MAX,
+    FEEDS,
+    ThresholdRule,
+    as_f32,
+    ema_span,
+    feed_patience,
+    feed_run_init,
+    feed_step,
+    safe_sqrt,
+)
 
 _MIN_WEIGHT = 1e-6  # the bias correction divides by max(weight, this).
+
+
+def _weight_limit(decay: float) -> float:
+    """The largest weight ``w <- w + (1 - decay) * (1 - w)`` reaches in float32.
+
+    The increment rounds to zero once ``(1 - decay) * (1 - w)`` falls below
+    half a unit in the last place of ``w``; for a decay close to 1 that
+    happens well below 1 (0.97 at ``decay=1 - 1e-6``). The first float32 at
+    which it does is found by bisection over the float32 values in [0, 1]
+    (the update's increment shrinks as ``w`` grows).
+    """
+    rate = np.float32(1.0) - np.float32(decay)
+    if rate >= 1.0:
+        return 1.0
+
+    def stuck(bits: int) -> bool:
+        w = np.array(bits, np.uint32).view(np.float32)[()]
+        return bool(w + rate * (np.float32(1.0) - w) == w)
+
+    lo, hi = 0, int(np.array(1.0, np.float32).view(np.uint32))
+    while lo < hi:  # the first bit pattern at which the update is stuck
+        mid = (lo + hi) // 2
+        if stuck(mid):
+            hi = mid
+        else:
+            lo = mid + 1
+    return float(np.array(lo, np.uint32).view(np.float32))
+
+
+def _check_reachable(decay: Any, min_weight: Any) -> None:
+    """Rejects a ``min_weight`` that the float32 weight can never exceed."""
+    if _validation.is_traced(decay) or _validation.is_traced(min_weight):
+        return
+    limit = _weight_limit(float(np.asarray(decay)))
+    if float(np.float32(np.asarray(min_weight))) >= limit:
+        raise ValueError(
+            f"min_weight must be below {limit!r}, the largest bias-correction weight "
+            f"that an EMA with decay={decay!r} reaches in float32 (so the rule could "
+            f"never act), got min_weight={min_weight!r}. Lower min_weight or the decay."
+        )
 
 
 class EmaZScoreState(NamedTuple):
@@ -32,13 +83,16 @@ class EmaZScoreState(NamedTuple):
     mean: jax.Array  # float32, statistic's shape: biased EMA of the fed statistics.
     square: jax.Array  # float32, statistic's shape: biased EMA of their squares.
     weight: jax.Array  # float32, (): biased EMA of 1, i.e. 1 - decay**(finite steps).
+    # int32, statistic's shape: consecutive steps each entry was cut (the
+    # clipped feed's patience, see adaclip._base.feed_step); 0 with feed="raw".
+    run: jax.Array
 
 
 def ema_zscore(
     sigma: Any,
     decay: Any,
     *,
-    min_weight: Any = 0.75,
+    min_weight: Any = 0.999,
     std_floor: Any = 1e-6,
     feed: str = "clipped",
 ) -> ThresholdRule:
@@ -117,6 +171,7 @@ def ema_zscore(
     _validation.check_positive("sigma", sigma)
     _validation.check_real("decay", decay, low=0.0, high=1.0, high_open=True)
     _validation.check_real("min_weight", min_weight, low=0.0, high=1.0, high_open=True)
+    _check_reachable(decay, min_weight)
     _validation.check_nonnegative("std_floor", std_floor)
     _validation.check_choice("feed", feed, FEEDS)
 
@@ -126,6 +181,7 @@ def ema_zscore(
             mean=jnp.zeros(shape, jnp.float32),
             square=jnp.zeros(shape, jnp.float32),
             weight=jnp.zeros([], jnp.float32),
+            run=feed_run_init(statistic),
         )
 
     def update_fn(statistic, state):
@@ -137,12 +193,16 @@ def ema_zscore(
         level = mean + as_f32(sigma) * std
         level = jnp.where(jnp.isnan(level), F32_MAX, jnp.minimum(level, F32_MAX))
         threshold = jnp.where(state.weight > as_f32(min_weight), level, s)
-        fed = jnp.minimum(s, level) if feed == "clipped" else s
+        fed, run = feed_step(feed, s, level, state.run, feed_patience(ema_span(decay)))
         rate = 1.0 - as_f32(decay)
+        weight = state.weight + rate * (1.0 - state.weight)
+        new_mean = state.mean + rate * (fed - state.mean)
+        new_square = state.square + rate * (jnp.square(fed) - state.square)
         return threshold, EmaZScoreState(
-            mean=state.mean + rate * (fed - state.mean),
-            square=jnp.minimum(state.square + rate * (jnp.square(fed) - state.square), F32_MAX),
-            weight=state.weight + rate * (1.0 - state.weight),
+            mean=new_mean,
+            square=jnp.minimum(new_square, F32_MAX),
+            weight=weight,
+            run=run,
         )
 
     return ThresholdRule(init_fn, update_fn)

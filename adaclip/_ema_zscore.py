@@ -22,6 +22,7 @@ from adaclip._base import (
 )
 
 _MIN_WEIGHT = 1e-6  # the bias correction divides by max(weight, this).
+_SQRT_EPS = float(np.sqrt(np.finfo(np.float32).eps))  # ~3.5e-4
 
 
 def _weight_limit(decay: float) -> float:
@@ -106,7 +107,9 @@ def ema_zscore(
       \\sigma_t = \\sqrt{\\max\\left(\\frac{q}{\\max(w, 10^{-6})} - \\mu^2,\\
       f^2\\right)},\\qquad c_t = \\mu + \\sigma\\,\\sigma_t$$
 
-    with $f$ = ``std_floor`` ($w = 1 - \\beta^n$ after $n$ steps: the
+    with $f$ = ``std_floor``, raised to $\\sqrt{\\epsilon_{32}}\\,|\\mu|$
+    (3.5e-4 of the mean: below that the float32 variance is rounding noise)
+    ($w = 1 - \\beta^n$ after $n$ steps: the
     bias correction of Adam). The bound applies once $w$ exceeds
     ``min_weight``; before that nothing is cut (the threshold reported is the
     statistic itself). Then $m \\leftarrow \\beta m + (1-\\beta) x_t$,
@@ -211,7 +214,12 @@ def ema_zscore(
         w = jnp.maximum(state.weight, _MIN_WEIGHT)
         mean = state.mean / w
         var = state.square / w - mean * mean
-        std = safe_sqrt(jnp.maximum(var, jnp.square(as_f32(std_floor))))
+        # E[x^2] - mean^2 in float32 resolves the std only down to about
+        # sqrt(eps) * |mean|: below that it is rounding noise, which made a
+        # constant statistic above ~10 "spike" over its own mean on every step.
+        resolution = _SQRT_EPS * jnp.abs(mean)
+        floor = jnp.maximum(as_f32(std_floor), resolution)
+        std = safe_sqrt(jnp.maximum(var, jnp.square(floor)))
         level = mean + as_f32(sigma) * std
         level = jnp.where(jnp.isnan(level), F32_MAX, jnp.minimum(level, F32_MAX))
         threshold = jnp.where(state.weight > as_f32(min_weight), level, s)

@@ -17,8 +17,8 @@ from adaclip._base import (
     feed_patience,
     feed_run_init,
     feed_step,
-    no_scale,
     increment,
+    no_scale,
     safe_sqrt,
 )
 

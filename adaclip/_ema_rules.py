@@ -48,7 +48,7 @@ class EmaState(NamedTuple):
         >>> ema, count, _ = state.rule_state
         >>> print(f"{float(ema / (1 - 0.9 ** count)):.3f}")  # fed 1, 2, then 3.053
         2.090
-    """
+    """  # noqa: E501
 
     ema: jax.Array  # float32, statistic's shape: biased EMA of the fed statistics.
     count: jax.Array  # int32, (): statistics fed so far (finite steps taken).

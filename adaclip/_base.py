@@ -44,6 +44,10 @@ Schedule: TypeAlias = Callable[[jax.Array], Any]
 F32_MAX = float(jnp.finfo(jnp.float32).max)
 # What a rule feeds itself: the clipped statistic or the raw one.
 FEEDS = ("clipped", "raw")
+# How long (in spans of a rule's memory: 1/(1-decay) steps for an EMA, the
+# window for a window rule) a clipped feed may cut the statistic on every
+# step before the rule takes the raw statistic instead: see `feed_step`.
+FEED_PATIENCE_SPANS = 8
 
 
 class _RuleFields(NamedTuple):
@@ -338,3 +342,75 @@ def reported_threshold(threshold: jax.Array, statistic: jax.Array) -> jax.Array:
     """The threshold a metric records: the statistic where there is no bound
     (``+inf``), so the metric stays finite and nothing is cut."""
     return jnp.where(jnp.isposinf(threshold), statistic.astype(threshold.dtype), threshold)
+
+
+def feed_patience(span: Any) -> jax.Array:
+    """The patience of a clipped feed, ``ceil(FEED_PATIENCE_SPANS * span)``
+    steps (int32, at least 1), for a rule whose memory spans ``span`` steps.
+
+    ``span`` may be traced (a decay given to ``optax.inject_hyperparams``).
+    """
+    k = jnp.ceil(FEED_PATIENCE_SPANS * as_f32(span))
+    return jnp.clip(k, 1.0, 2.0**30).astype(jnp.int32)
+
+
+def ema_span(decay: Any) -> jax.Array:
+    """The span ``1 / (1 - decay)`` of an EMA, in steps (float32)."""
+    return 1.0 / jnp.maximum(1.0 - as_f32(decay), 2.0**-30)
+
+
+def feed_step(
+    feed: str, statistic: jax.Array, level: jax.Array, run: jax.Array, patience: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """What a rule puts into its own state this step: ``(fed, new_run)``.
+
+    The one feed mechanism of every rule with a ``feed=`` argument
+    (``ema``, ``ema_zscore``, ``moving_average``, ``rolling_zscore``).
+    ``level`` is the level the rule cuts the statistic at this step (its
+    threshold, or the statistic itself where it sets no bound yet), ``run``
+    (int32, the statistic's shape) counts the consecutive steps on which
+    each entry was cut, and ``patience`` is `feed_patience` of the rule's
+    span.
+
+    - ``feed="raw"``: ``fed = statistic``, and ``run`` stays 0.
+    - ``feed="clipped"``: ``fed = min(statistic, level)``, so a spike enters
+      the rule's memory only up to the threshold. An entry that has been cut
+      on each of the last ``patience`` steps (and is cut again) is not
+      spiking: the statistic has left the level the rule remembers for good
+      (a zero or tiny start, a dormant leaf, a level shift larger than the
+      rule can follow, a multiplier below 1 that would shrink the threshold
+      for ever). Such an entry is fed the raw statistic until a step is not
+      cut, so no clipped feed can hold a rule's state at a level the raw
+      statistics have left: after ``patience`` steps the state moves as a
+      raw-fed one does, whatever its value was (zero, 1e-30 or a constant).
+
+    On a sequence where no entry is cut ``patience`` steps in a row (every
+    ordinary run of statistics), this is exactly ``min(statistic, level)``.
+    """
+    if feed == "raw":
+        return statistic, jnp.zeros_like(run)
+    cut = statistic > level
+    run = jnp.where(cut, jnp.minimum(run, patience) + 1, 0).astype(jnp.int32)
+    fed = jnp.where(run > patience, statistic, jnp.minimum(statistic, level))
+    return fed, run
+
+
+def no_scale(feed: str, memory_is_zero: jax.Array) -> jax.Array:
+    """The entries of a rule's memory that hold no scale: all zero, with a clipped feed.
+
+    A zero statistic carries no scale. A rule fed its clipped statistic
+    whose memory is all zero would set a zero threshold, feed itself
+    ``min(statistic, 0) = 0`` and stay there for ever; so such an entry sets
+    no bound (the threshold is the statistic) and takes its next nonzero
+    statistic as its whole memory. A raw feed is never trapped by a zero
+    memory (the next statistic enters as it is), so there the rule keeps its
+    formula (a zero threshold for one step) and this returns False.
+    """
+    if feed == "raw":
+        return jnp.zeros_like(memory_is_zero)
+    return memory_is_zero
+
+
+def feed_run_init(statistic: jax.Array) -> jax.Array:
+    """The initial run counter of `feed_step`: int32 zeros shaped like ``statistic``."""
+    return jnp.zeros(jnp.shape(statistic), jnp.int32)

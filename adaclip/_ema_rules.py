@@ -8,7 +8,19 @@ import jax
 import jax.numpy as jnp
 
 from adaclip import _validation
-from adaclip._base import F32_MAX, FEEDS, ThresholdRule, as_f32, increment, safe_sqrt
+from adaclip._base import (
+    F32_MAX,
+    FEEDS,
+    ThresholdRule,
+    as_f32,
+    ema_span,
+    feed_patience,
+    feed_run_init,
+    feed_step,
+    increment,
+    no_scale,
+    safe_sqrt,
+)
 
 
 class EmaState(NamedTuple):
@@ -26,20 +38,23 @@ class EmaState(NamedTuple):
         >>> tx = adaclip.clip_by_global_norm(adaclip.ema(2.0, 0.9))
         >>> state = tx.init({"w": jnp.zeros(1)})
         >>> state.rule_state
-        EmaState(ema=Array(0., dtype=float32), count=Array(0, dtype=int32))
+        EmaState(ema=Array(0., dtype=float32), count=Array(0, dtype=int32), run=Array(0, dtype=int32))
         >>> for g in [1.0, 2.0, 10.0]:
         ...     _, state = tx.update({"w": jnp.array([g])}, state)
         ...     print(f"{float(state.threshold):.3f} {bool(state.clipped)}")
         1.000 False
         2.000 False
         3.053 True
-        >>> ema, count = state.rule_state
+        >>> ema, count, _ = state.rule_state
         >>> print(f"{float(ema / (1 - 0.9 ** count)):.3f}")  # fed 1, 2, then 3.053
         2.090
-    """
+    """  # noqa: E501
 
     ema: jax.Array  # float32, statistic's shape: biased EMA of the fed statistics.
     count: jax.Array  # int32, (): statistics fed so far (finite steps taken).
+    # int32, statistic's shape: consecutive steps each entry was cut (the
+    # clipped feed's patience, see adaclip._base.feed_step); 0 with feed="raw".
+    run: jax.Array
 
 
 def debiased(ema: jax.Array, decay: Any, count: jax.Array) -> jax.Array:
@@ -78,10 +93,23 @@ def ema(
     the statistic itself (nothing is clipped) while the EMA is still fed.
     Non-finite steps are not counted and never enter the EMA.
 
-    With ``feed="clipped"``, a start made of zero statistics pins the
-    threshold at zero (every later step is clipped to zero); use
-    ``feed="raw"`` or a lower bound with ``adaclip.clamp`` if your gradients
-    can be exactly zero at the start.
+    **No absorbing state.** A zero statistic carries no scale: an entry
+    whose EMA is exactly 0 (every statistic it was fed so far was 0, or a
+    long dormant run underflowed it) sets no bound (the threshold is the
+    statistic) and takes its next nonzero statistic as its whole history
+    (its EMA becomes the value that statistic fed at every past step would
+    give), so a zero first gradient (a LoRA ``B`` or an adaLN-Zero gate at
+    initialisation, a fully masked batch) costs nothing. With
+    ``feed="clipped"``, an entry cut on $K = \\lceil 8/(1-\\beta)\\rceil$
+    consecutive steps is fed the raw statistic until a step is not cut (the
+    statistic has left the remembered level for good; see
+    ``docs/robustness.md``). Hence, after any prefix, a run of statistics at
+    a steady level brings the threshold back to the one it would have
+    without the prefix within about $K + \\log(\\epsilon)/\\log\\beta$ steps
+    ($\\epsilon$ the relative tolerance; with ``feed="raw"``,
+    $\\log(\\epsilon)/\\log\\beta$). On sequences that start with a nonzero
+    statistic and cut no entry $K$ steps in a row, the rule is exactly the
+    formula above.
 
     Args:
         multiplier: $m > 0$, how far above the average a statistic may go.
@@ -117,16 +145,26 @@ def ema(
         return EmaState(
             ema=jnp.zeros(jnp.shape(statistic), jnp.float32),
             count=jnp.zeros([], jnp.int32),
+            run=feed_run_init(statistic),
         )
 
     def update_fn(statistic, state):
         mean = debiased(state.ema, decay, state.count)
-        active = (state.count >= warmup_steps) & (state.count > 0)
+        # With a clipped feed, an entry whose EMA is 0 holds no scale: no
+        # bound from it (a raw feed is not trapped by a zero memory, and
+        # keeps the formula's zero threshold for that step).
+        empty = no_scale(feed, state.ema == 0)
+        active = (state.count >= warmup_steps) & (state.count > 0) & ~empty
         threshold = jnp.where(active, as_f32(multiplier) * mean, statistic)
-        fed = jnp.minimum(statistic, threshold) if feed == "clipped" else statistic
+        fed, run = feed_step(feed, statistic, threshold, state.run, feed_patience(ema_span(decay)))
         beta = as_f32(decay)
+        count = increment(state.count)
         new_ema = beta * state.ema + (1.0 - beta) * fed
-        return threshold, EmaState(ema=new_ema, count=increment(state.count))
+        # ... and takes its first nonzero statistic as its whole history, so
+        # that the bias correction does not count the empty steps.
+        refill = fed * -jnp.expm1(count.astype(jnp.float32) * jnp.log1p(beta - 1.0))
+        new_ema = jnp.where(empty & (state.count > 0), refill, new_ema)
+        return threshold, EmaState(ema=new_ema, count=count, run=run)
 
     return ThresholdRule(init_fn, update_fn)
 

@@ -309,10 +309,23 @@ def adagc(
     norm during warm-up when the global clip cuts, $r\\gamma_i
     \\lVert g_i\\rVert/(\\lVert g_i\\rVert + 10^{-6})$ after warm-up when the
     leaf is clipped, otherwise a value no smaller than its norm). On finite
-    inputs the post-clip norms are the original's step for step. A leaf whose
-    gradient is exactly zero at some warm-up step gets $\\gamma_i = 0$ and is
-    clipped to zero from then on, as in the original; with ``warmup_steps=0``
-    the first step sets $\\gamma_i$ to the leaf's norm and clips nothing.
+    inputs the post-clip norms are the original's step for step.
+
+    **The original locks, and so does this recipe.** $\\gamma_i$ can grow by
+    at most the factor $\\beta + (1-\\beta)r$ a step (1.0004 at the
+    defaults), and during warm-up it is a running minimum. A leaf whose
+    gradient is exactly zero at some warm-up step gets $\\gamma_i = 0$ and
+    is clipped to zero for ever (a tiny norm, to a tiny level that takes
+    thousands of steps to climb back). Zero-initialised layers (LoRA's
+    ``B``, adaLN-Zero or ReZero gates: their leaves' gradients are zero at
+    step 0) and fully masked first batches do exactly this. The recipe keeps
+    this to reproduce AdaGC; to avoid the trap, start AdaGC only once every
+    leaf has a nonzero gradient (run a few steps with another clipper
+    first), or clip per leaf with an adaptive rule that no zero can pin,
+    e.g. ``adaclip.clip_by_leaf_norm(adaclip.ema(2.0, 0.99))`` (see
+    ``docs/robustness.md``). With ``warmup_steps=0`` the first step sets
+    $\\gamma_i$ to the leaf's norm and clips nothing (a zero first norm
+    locks the leaf all the same).
 
     **Differences from AdaGC.** A NaN or infinite norm in any leaf never
     enters $\\gamma$ (the step's update is zeros with ``nonfinite="skip"``),

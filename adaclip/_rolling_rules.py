@@ -2,36 +2,28 @@
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any
 
-import jax
 import jax.numpy as jnp
 from jax import lax
 
 from adaclip import _validation
 from adaclip._base import F32_MAX, FEEDS, ThresholdRule, as_f32, safe_sqrt
-from adaclip._window_rules import WindowState, window_filled, window_init, window_push
+from adaclip._window_rules import (
+    WindowState,
+    window_empty,
+    window_feed,
+    window_filled,
+    window_init,
+)
 
 _STD_FLOOR = 1e-6  # Levanter's floor on the standard deviation.
 
 
-class RollingZScoreState(NamedTuple):
-    """State of [`adaclip.rolling_zscore`][adaclip.rolling_zscore]: a ring buffer of
-    the previous ``window`` finite statistics (as fed).
-
-    Examples:
-        >>> import jax.numpy as jnp
-        >>> import adaclip
-        >>> tx = adaclip.clip_by_global_norm(adaclip.rolling_zscore(2.0, 3))
-        >>> state = tx.init({"w": jnp.zeros(())})
-        >>> for g in [1.0, 2.0, 3.0, 4.0]:
-        ...     _, state = tx.update({"w": jnp.asarray(g)}, state)
-        >>> state.rule_state.buffer, int(state.rule_state.count)
-        (Array([4., 2., 3.], dtype=float32), 4)
-    """
-
-    buffer: jax.Array  # float32, (window, *statistic.shape); slots not yet written hold 0.
-    count: jax.Array  # int32, (): statistics pushed so far (finite steps).
+# The state of rolling_zscore is a WindowState (a ring buffer of the fed
+# statistics, as moving_average's). The old name stays importable, as a plain
+# alias, so that code and checkpoints that name it keep working.
+RollingZScoreState = WindowState
 
 
 def rolling_zscore(
@@ -98,7 +90,8 @@ def rolling_zscore(
 
     Returns:
         An [`adaclip.ThresholdRule`][adaclip.ThresholdRule] whose state is a
-        [`adaclip.RollingZScoreState`][adaclip.RollingZScoreState].
+        [`adaclip.WindowState`][adaclip.WindowState] (``adaclip.RollingZScoreState``
+        is another name for it).
 
     Raises:
         TypeError: an argument has the wrong type.
@@ -119,22 +112,21 @@ def rolling_zscore(
         9.975
     """
     _validation.check_positive("sigma", sigma)
-    _validation.check_int("window", window, low=1, static=True)
+    _validation.check_window("window", window)
     window = int(window)
     if min_history is None:
         min_history = max(window // 2, 2)
-    _validation.check_int("min_history", min_history, low=1)
+    _validation.check_window("window", window, min_history=min_history)
     _validation.check_choice("feed", feed, FEEDS)
     if isinstance(ddof, bool) or ddof not in (0, 1):
         raise ValueError(f"ddof must be 0 or 1, got {ddof!r}.")
 
     def init_fn(statistic):
-        ring = window_init(statistic, window)
-        return RollingZScoreState(buffer=ring.buffer, count=ring.count)
+        return window_init(statistic, window)
 
     def update_fn(statistic, state):
         s = as_f32(statistic)
-        n = window_filled(state, window)
+        n = window_filled(state.count, window)
         # Slots 0..n-1 hold data (the ring fills from slot 0 before it wraps).
         idx = lax.broadcasted_iota(jnp.int32, state.buffer.shape, 0)
         valid = idx < n
@@ -144,9 +136,8 @@ def rolling_zscore(
         var = jnp.sum(jnp.square(dev), axis=0) / jnp.maximum(n - ddof, 1).astype(jnp.float32)
         std = jnp.maximum(safe_sqrt(var), _STD_FLOOR)
         level = jnp.minimum(mean + as_f32(sigma) * std, F32_MAX)
-        threshold = jnp.where(n >= min_history, level, s)
-        fed = jnp.minimum(s, threshold) if feed == "clipped" else s
-        ring = window_push(WindowState(state.buffer, state.count), fed, window)
-        return threshold, RollingZScoreState(buffer=ring.buffer, count=ring.count)
+        active = (n >= min_history) & ~window_empty(feed, state.buffer)
+        threshold = jnp.where(active, level, s)
+        return threshold, window_feed(feed, state, s, threshold, window)
 
     return ThresholdRule(init_fn, update_fn)

@@ -187,17 +187,33 @@ def check_int(
         raise ValueError(f"{name} must be an int <= {high} ({reason}), got {value!r}.")
 
 
-def check_window(name: str, value: Any) -> None:
-    """A window length: a static Python int in ``[1, MAX_WINDOW]``."""
+def check_window(name: str, value: Any, *, min_history: Any = None) -> None:
+    """A window length: a static Python int in ``[1, MAX_WINDOW]``, the one
+    check of every window rule.
+
+    With ``min_history`` (the statistics a rule needs before it sets a
+    bound), also checks that it is an int >= 1 that the window can reach: a
+    rule that waits for more statistics than its window holds could never
+    act. A traced ``min_history`` passes (it is compared at run time).
+    """
     check_int(
         name,
         value,
         low=1,
         high=MAX_WINDOW,
         static=True,
-        reason="2**24: the number of statistics held is computed with in float32, "
-        "exact only up to 2**24",
+        reason="2**24: window lengths enter float32 arithmetic, which represents "
+        "every integer only up to 2**24",
     )
+    if min_history is None:
+        return
+    check_int("min_history", min_history, low=1)
+    if not is_traced(min_history) and int(np.asarray(min_history)) > int(value):
+        raise ValueError(
+            f"min_history must be <= {name} (a window of {int(value)} never holds "
+            f"{int(np.asarray(min_history))} statistics, so the rule could never act), "
+            f"got min_history={min_history!r} with {name}={value!r}."
+        )
 
 
 def check_bool(name: str, value: Any) -> None:

@@ -9,16 +9,29 @@ import jax.numpy as jnp
 from jax import lax
 
 from adaclip import _validation
-from adaclip._base import F32_MAX, FEEDS, ThresholdRule, as_f32, increment
+from adaclip._base import (
+    F32_MAX,
+    FEEDS,
+    ThresholdRule,
+    as_f32,
+    feed_patience,
+    feed_run_init,
+    feed_step,
+    increment,
+    no_scale,
+)
 
 
 class WindowState(NamedTuple):
     """A ring buffer of the last ``window`` statistics: the state of
-    [`adaclip.moving_average`][adaclip.moving_average].
+    [`adaclip.moving_average`][adaclip.moving_average] and
+    [`adaclip.rolling_zscore`][adaclip.rolling_zscore].
 
     Slots not yet written hold zeros; ``count`` tells how many are valid. The
     statistic of step ``count`` (counting from 0) goes to slot
-    ``count % window``, overwriting the oldest.
+    ``count % window``, overwriting the oldest. ``run`` counts, per entry,
+    the consecutive steps the statistic was cut (the patience of the clipped
+    feed, see ``docs/robustness.md``; always 0 with ``feed="raw"``).
 
     Examples:
         >>> import jax.numpy as jnp
@@ -26,15 +39,16 @@ class WindowState(NamedTuple):
         >>> tx = adaclip.clip_by_global_norm(adaclip.moving_average(2.0, window=3))
         >>> state = tx.init({"w": jnp.zeros(1)})
         >>> state.rule_state
-        WindowState(buffer=Array([0., 0., 0.], dtype=float32), count=Array(0, dtype=int32))
+        WindowState(buffer=Array([0., 0., 0.], dtype=float32), count=Array(0, dtype=int32), run=Array(0, dtype=int32))
         >>> for g in [1.0, 2.0, 3.0, 4.0]:
         ...     _, state = tx.update({"w": jnp.array([g])}, state)
-        >>> state.rule_state
-        WindowState(buffer=Array([4., 2., 3.], dtype=float32), count=Array(4, dtype=int32))
-    """
+        >>> state.rule_state.buffer, int(state.rule_state.count)
+        (Array([4., 2., 3.], dtype=float32), 4)
+    """  # noqa: E501
 
     buffer: jax.Array  # float32, (window, *statistic.shape)
     count: jax.Array  # int32, (): statistics pushed so far (finite steps).
+    run: jax.Array  # int32, statistic's shape: consecutive steps each entry was cut.
 
 
 def window_init(statistic: jax.Array, window: int) -> WindowState:
@@ -42,19 +56,48 @@ def window_init(statistic: jax.Array, window: int) -> WindowState:
     return WindowState(
         buffer=jnp.zeros((window, *jnp.shape(statistic)), jnp.float32),
         count=jnp.zeros([], jnp.int32),
+        run=feed_run_init(statistic),
     )
 
 
-def window_push(state: WindowState, value: jax.Array, window: int) -> WindowState:
-    """Writes ``value`` over the oldest slot. O(size of one statistic)."""
-    slot = lax.rem(state.count, jnp.int32(window))
-    buffer = lax.dynamic_update_index_in_dim(state.buffer, as_f32(value), slot, axis=0)
-    return WindowState(buffer=buffer, count=increment(state.count))
+def window_push(
+    buffer: jax.Array, count: jax.Array, value: jax.Array, window: int
+) -> tuple[jax.Array, jax.Array]:
+    """Writes ``value`` over the oldest slot: ``(buffer, count)``. O(size of one statistic)."""
+    slot = lax.rem(count, jnp.int32(window))
+    buffer = lax.dynamic_update_index_in_dim(buffer, as_f32(value), slot, axis=0)
+    return buffer, increment(count)
 
 
-def window_filled(state: WindowState, window: int) -> jax.Array:
+def window_filled(count: jax.Array, window: int) -> jax.Array:
     """How many slots hold data: ``min(count, window)``, int32."""
-    return jnp.minimum(state.count, jnp.int32(window))
+    return jnp.minimum(count, jnp.int32(window))
+
+
+def window_empty(feed: str, buffer: jax.Array) -> jax.Array:
+    """The entries whose window holds only zeros, with a clipped feed (see
+    `adaclip._base.no_scale`), bool, statistic's shape."""
+    return no_scale(feed, ~jnp.any(buffer != 0, axis=0))
+
+
+def window_feed(
+    feed: str, state: WindowState, statistic: jax.Array, level: jax.Array, window: int
+) -> WindowState:
+    """Feeds one statistic into a window rule's state (the shared feed of
+    `adaclip._base.feed_step`, patience 8 windows).
+
+    An entry whose window holds only zeros (no scale yet, or a dormant leaf
+    whose zeros filled it) takes its first nonzero statistic as its whole
+    window: the held slots are overwritten with the fed value, so the zeros
+    do not dilute the next thresholds. Unwritten slots stay 0.
+    """
+    fed, run = feed_step(feed, statistic, level, state.run, feed_patience(window))
+    n = window_filled(state.count, window)
+    idx = lax.broadcasted_iota(jnp.int32, state.buffer.shape, 0)
+    empty = window_empty(feed, state.buffer)
+    buffer = jnp.where(empty[None] & (idx < n), as_f32(fed)[None], state.buffer)
+    buffer, count = window_push(buffer, state.count, fed, window)
+    return WindowState(buffer=buffer, count=count, run=run)
 
 
 def moving_average(multiplier: Any, window: int, *, feed: str = "raw") -> ThresholdRule:
@@ -113,11 +156,11 @@ def moving_average(multiplier: Any, window: int, *, feed: str = "raw") -> Thresh
         return window_init(statistic, window)
 
     def update_fn(statistic, state):
-        n = window_filled(state, window)
+        n = window_filled(state.count, window)
         mean = jnp.sum(state.buffer, axis=0) / jnp.maximum(n, 1).astype(jnp.float32)
-        threshold = jnp.where(n > 0, as_f32(multiplier) * mean, statistic)
-        fed = jnp.minimum(statistic, threshold) if feed == "clipped" else statistic
-        return threshold, window_push(state, fed, window)
+        active = (n > 0) & ~window_empty(feed, state.buffer)
+        threshold = jnp.where(active, as_f32(multiplier) * mean, statistic)
+        return threshold, window_feed(feed, state, statistic, threshold, window)
 
     return ThresholdRule(init_fn, update_fn)
 
@@ -270,8 +313,8 @@ def percentile(p: Any, window: int) -> ThresholdRule:
         oldest = lax.dynamic_index_in_dim(state.buffer, slot, axis=0, keepdims=False)
         leaving = jnp.where(full, oldest, _EMPTY)
         sorted_ = _sorted_replace(state.sorted, leaving, statistic)
-        ring = window_push(WindowState(state.buffer, state.count), statistic, window)
-        threshold = _interpolated_percentile(sorted_, window_filled(ring, window), p)
-        return threshold, PercentileState(buffer=ring.buffer, sorted=sorted_, count=ring.count)
+        buffer, count = window_push(state.buffer, state.count, statistic, window)
+        threshold = _interpolated_percentile(sorted_, window_filled(count, window), p)
+        return threshold, PercentileState(buffer=buffer, sorted=sorted_, count=count)
 
     return ThresholdRule(init_fn, update_fn)

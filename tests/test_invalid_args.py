@@ -587,6 +587,47 @@ CASES = [
         "3",
     ),
     # rolling_zscore / ema_zscore / log_space
+    # Rules that could never act (check_window, shared by every window rule).
+    (
+        "rolling-min-history-over-window",
+        adaclip.rolling_zscore,
+        {"sigma": 2.0, "window": 4, "min_history": 5},
+        ValueError,
+        "min_history",
+        5,
+    ),
+    (
+        "rolling-default-min-history-window-1",
+        adaclip.rolling_zscore,
+        {"sigma": 2.0, "window": 1},
+        ValueError,
+        "min_history",
+        2,
+    ),
+    (
+        "rolling-window-over-2-24",
+        adaclip.rolling_zscore,
+        {"sigma": 2.0, "window": 2**25},
+        ValueError,
+        "window",
+        2**25,
+    ),
+    (
+        "ema-zscore-min-weight-unreachable",
+        adaclip.ema_zscore,
+        {"sigma": 3.0, "decay": 0.999999, "min_weight": 0.99},
+        ValueError,
+        "min_weight",
+        0.99,
+    ),
+    (
+        "ema-zscore-default-min-weight-unreachable",
+        adaclip.ema_zscore,
+        {"sigma": 3.0, "decay": 0.99999},
+        ValueError,
+        "min_weight",
+        0.999,
+    ),
     (
         "rolling-sigma-0",
         adaclip.rolling_zscore,

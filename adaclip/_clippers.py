@@ -15,7 +15,9 @@ from adaclip import _numerics, _validation
 from adaclip._base import (
     PyTree,
     ThresholdLike,
+    TreeStructure,
     as_rule,
+    check_structure,
     increment,
     reported_threshold,
     saturating_f32,
@@ -26,8 +28,13 @@ NONFINITE = ("skip", "propagate")
 
 
 class ClipState(NamedTuple):
-    """State of every adaclip clipper; its fields other than ``rule_state`` are
-    the metrics that [`adaclip.metrics`][adaclip.metrics] reports.
+    """State of every adaclip clipper; its fields other than ``rule_state`` and
+    ``structure`` are the metrics that [`adaclip.metrics`][adaclip.metrics] reports.
+
+    ``structure`` holds no array: it records the structure of the tree given
+    to ``init`` as static data, and ``update`` raises a ``ValueError`` naming
+    both structures when it gets a differently structured tree (checked at
+    trace time; equal leaf counts are not enough).
 
     Shapes are ``()`` for global and value clipping and ``(n_leaves,)`` for
     per-leaf clipping. On a step whose statistic is not finite, ``norm``,
@@ -68,6 +75,9 @@ class ClipState(NamedTuple):
     nonfinite_count: jax.Array  # int32, (): steps with a NaN/Inf statistic.
     count: jax.Array  # int32, (): all steps taken, finite or not.
     rule_state: PyTree  # the threshold rule's own state.
+    # Static, no arrays: the structure of the tree given to init, checked at
+    # every update (None, for a state built by hand, checks nothing).
+    structure: TreeStructure | None = None
 
 
 class _ClipperSpec(NamedTuple):
@@ -111,10 +121,12 @@ def _make_clipper(
             nonfinite_count=jnp.zeros([], jnp.int32),
             count=jnp.zeros([], jnp.int32),
             rule_state=rule.init(jnp.zeros(shape, jnp.float32)),
+            structure=TreeStructure(jax.tree.structure(params)),
         )
 
     def update_fn(updates, state, params=None, **extra_args):
         del params, extra_args
+        check_structure(spec.name, state.structure, updates)
         leaves, treedef = jax.tree.flatten(updates)
         # Integer, bool and float0 leaves carry no gradient: they count as a
         # zero statistic and pass through untouched.
@@ -171,6 +183,7 @@ def _make_clipper(
             nonfinite_count=state.nonfinite_count + (~finite).astype(jnp.int32),
             count=increment(state.count),
             rule_state=rule_state,
+            structure=state.structure,
         )
         return jax.tree.unflatten(treedef, new_leaves), new_state
 
@@ -302,7 +315,7 @@ def clip_by_global_norm(
     ``math.inf`` means "measure only": nothing is cut, every metric is
     recorded and the ``threshold`` metric reports the statistic. At run time
     a ``+inf`` threshold from a rule or schedule is no bound that step, and a
-    NaN one makes the step non-finite (below).
+    NaN, negative or ``-inf`` one makes the step non-finite (below).
 
     **Dtypes.** The statistic is accumulated in float32, or in float64 when a
     leaf is float64 (``jax_enable_x64``), and is exact even when a sum of
@@ -373,7 +386,7 @@ def clip_by_leaf_norm(
     ``math.inf`` means "measure only": nothing is cut, every metric is
     recorded and the ``threshold`` metric reports the statistic. At run time
     a ``+inf`` threshold from a rule or schedule is no bound that step, and a
-    NaN one makes the step non-finite (below).
+    NaN, negative or ``-inf`` one makes the step non-finite (below).
 
     **Dtypes.** The statistic is accumulated in float32, or in float64 when a
     leaf is float64 (``jax_enable_x64``), and is exact even when a sum of
@@ -441,7 +454,7 @@ def clip_by_value(
     ``math.inf`` means "measure only": nothing is cut, every metric is
     recorded and the ``threshold`` metric reports the statistic. At run time
     a ``+inf`` threshold from a rule or schedule is no bound that step, and a
-    NaN one makes the step non-finite (below).
+    NaN, negative or ``-inf`` one makes the step non-finite (below).
 
     **Dtypes.** The statistic is accumulated in float32, or in float64 when a
     leaf is float64 (``jax_enable_x64``), and is exact even when a sum of

@@ -241,7 +241,7 @@ def skip_bad_steps(
                 raise ValueError(f"loss must be a scalar, got an array of shape {value.shape}.")
             value = value.reshape(()).astype(jnp.float32)
             threshold, loss_rule_state, loss_finite = step_rule(
-                loss_rule, value, state.loss_rule_state
+                loss_rule, value, state.loss_rule_state, signed=True
             )
             nonfinite = nonfinite | ~loss_finite
             loss_spike = loss_finite & (value > threshold)

@@ -292,52 +292,23 @@ def as_rule(
     return constant_rule(threshold)
 
 
-class TreeStructure:
-    """The structure (``jax.tree.structure``) of the tree a transformation was
-    initialised on, kept in its state as static data.
-
-    It is a pytree node with no children and the treedef as auxiliary data, so
-    it adds no array to the state (donation, checkpoints, ``jax.tree.map`` and
-    ``optax.tree`` utilities see nothing), travels with the state through any
-    wrapper, and is compared at trace time, with no host sync.
-    """
-
-    __slots__ = ("treedef",)
-
-    def __init__(self, treedef: Any):
-        self.treedef = treedef
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, TreeStructure) and self.treedef == other.treedef
-
-    def __hash__(self) -> int:
-        return hash(self.treedef)
-
-    def __repr__(self) -> str:
-        return f"TreeStructure({self.treedef})"
-
-
-jax.tree_util.register_pytree_node(
-    TreeStructure, lambda s: ((), s.treedef), lambda treedef, _: TreeStructure(treedef)
-)
-
-
 def check_structure(name: str, initialised: Any, updates: PyTree) -> None:
     """Raises if ``updates`` is not shaped like the tree ``name`` was initialised on.
 
-    ``initialised`` is the state's `TreeStructure` (``None`` skips the check,
-    for a state built by hand). Equal leaf counts are not enough: a per-leaf
-    state initialised on ``{a, b}`` and updated with ``{b, c}`` would clip
-    ``b`` against ``a``'s history. Runs at trace time (treedefs are static).
+    ``initialised`` is the treedef of that tree (``None`` skips the check).
+    Equal leaf counts are not enough: a per-leaf state initialised on
+    ``{a, b}`` and updated with ``{b, c}`` would clip ``b`` against ``a``'s
+    history. Treedefs are static, so this runs at trace time, under ``jax.jit``
+    too, with no host sync.
     """
-    if not isinstance(initialised, TreeStructure):
+    if initialised is None:
         return
     got = jax.tree.structure(updates)
-    if got != initialised.treedef:
+    if got != initialised:
         raise ValueError(
-            f"{name} was initialised on a tree of structure {initialised.treedef} but "
-            f"update got a tree of structure {got}: pass updates shaped like the params "
-            "given to init (or init a new state for the new tree)."
+            f"{name} was initialised on a tree of structure {initialised} but update got a "
+            f"tree of structure {got}: pass updates shaped like the params given to init "
+            "(or init a new state for the new tree)."
         )
 
 

@@ -76,12 +76,12 @@ def autoclip(
     (the original keeps every norm, with memory and per-step cost growing
     with the step count); a NaN or infinite norm never enters it (in the
     original one NaN makes every later threshold NaN), and the step's update
-    is zeros (``nonfinite="skip"``) or passed through (``"propagate"``).
+    is zeros (``nonfinite="skip"``, the clipper's output; the optimizer after it still steps) or passed through (``"propagate"``).
 
     Args:
         percentile: $p \\in [0, 100]$.
         window: $w$, a Python int >= 1, the number of past norms kept.
-        nonfinite: ``"skip"`` or ``"propagate"``, see
+        nonfinite: ``"skip"`` (zero the clipper's output) or ``"propagate"``, see
             [`adaclip.clip_by_global_norm`][adaclip.clip_by_global_norm].
         axis_name: the mapped axis the gradients are split over, if any.
 
@@ -151,7 +151,7 @@ def zclip(
     **Differences from ZClip.** A NaN or infinite norm never enters the EMA
     (in the original, one NaN makes the mean and variance NaN forever, after
     which no spike is ever detected); the step's update is zeros
-    (``nonfinite="skip"``) or passed through (``"propagate"``), and later
+    (``nonfinite="skip"``, the clipper's output; the optimizer after it still steps) or passed through (``"propagate"``), and later
     spikes are still clipped.
 
     Args:
@@ -163,7 +163,7 @@ def zclip(
         clip_option: ``"adaptive_scaling"`` or ``"mean"``.
         clip_factor: > 0, scales the adaptive bound.
         skip_update_on_spike: keep spikes out of the EMA.
-        nonfinite: ``"skip"`` or ``"propagate"``.
+        nonfinite: ``"skip"`` (zero the clipper's output) or ``"propagate"``.
         axis_name: the mapped axis the gradients are split over, if any.
 
     Returns:
@@ -315,7 +315,7 @@ def adagc(
     the first step sets $\\gamma_i$ to the leaf's norm and clips nothing.
 
     **Differences from AdaGC.** A NaN or infinite norm in any leaf never
-    enters $\\gamma$ (the step's update is zeros with ``nonfinite="skip"``),
+    enters $\\gamma$ (the step's update is zeros with ``nonfinite="skip"``, the clipper's output; the optimizer after it still steps),
     so later spikes are still clipped and thresholds stay finite.
 
     Args:
@@ -323,7 +323,7 @@ def adagc(
         beta: $\\beta \\in [0, 1)$.
         warmup_steps: $W$, an int >= 0 (may be traced).
         warmup_max_norm: $M \\ge 0$, the global threshold during warm-up.
-        nonfinite: ``"skip"`` or ``"propagate"``.
+        nonfinite: ``"skip"`` (zero the clipper's output) or ``"propagate"``.
         axis_name: the mapped axis the gradients are split over, if any.
 
     Returns:

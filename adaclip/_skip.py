@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, NamedTuple
 
 import jax
@@ -9,11 +10,17 @@ import jax.numpy as jnp
 import optax
 
 from adaclip import _validation
-from adaclip._base import PyTree, ThresholdRule, step_rule, tree_select
+from adaclip._base import PyTree, ThresholdRule, rule_name, step_rule, tree_select
 from adaclip._find import clip_states, is_clip_state
 
 # Values of SkipState.reason, in order of precedence.
 NOT_SKIPPED, NONFINITE, CLIP_STATISTIC, LOSS = 0, 1, 2, 3
+
+# Rules whose threshold is a multiple of (or, in log space, needs) a positive
+# statistic: on a loss that can be negative (a log-likelihood) or is shifted
+# by a large constant, a multiple of the mean is no spike bound (2 x -5 = -10
+# lies below every ordinary loss, so nearly every step is skipped).
+_SCALE_RULES = ("ema", "moving_average", "quantile", "log_space")
 
 
 class SkipState(NamedTuple):
@@ -176,10 +183,26 @@ def skip_bad_steps(
             raise TypeError(f"inner must be an optax GradientTransformation, got {inner!r}.")
     if spike_factor is not None:
         _validation.check_positive("spike_factor", spike_factor)
+    if isinstance(inner, ThresholdRule):
+        raise TypeError(
+            "inner must be an optax GradientTransformation that contains an adaclip "
+            f"clipper, got {inner!r}, a threshold rule: pass the rule to a clipper, "
+            "adaclip.skip_bad_steps(optax.chain(adaclip.clip_by_global_norm(rule), opt))."
+        )
     if loss_rule is not None and not isinstance(loss_rule, ThresholdRule):
         raise TypeError(
             f"loss_rule must be an adaclip.ThresholdRule (e.g. adaclip.rolling_zscore(6.0, 128)) "
             f"or None, got {loss_rule!r}."
+        )
+    if loss_rule is not None and rule_name(loss_rule) in _SCALE_RULES:
+        warnings.warn(
+            f"loss_rule={rule_name(loss_rule)}(...) sets its threshold as a multiple of (or "
+            "in log space from) the loss, which is right only for losses that are positive "
+            "and not shifted by a constant. With a negative loss (a log-likelihood) nearly "
+            "every ordinary step is skipped. Prefer a shift-invariant spike test such as "
+            "adaclip.rolling_zscore(6.0, 128) or adaclip.ema_zscore.",
+            UserWarning,
+            stacklevel=2,
         )
     inner = optax.with_extra_args_support(inner)
 
@@ -217,7 +240,7 @@ def skip_bad_steps(
         if loss_rule is not None and loss is None:
             raise TypeError(
                 "skip_bad_steps has a loss_rule, so update needs the loss: call "
-                "tx.update(grads, state, params, loss=loss)."
+                "tx.update(grads, state, params, loss=loss), got loss=None."
             )
         new_updates, new_inner = inner.update(updates, state.inner_state, params, **extra_args)
         nonfinite = jnp.zeros([], jnp.bool_)
@@ -236,10 +259,7 @@ def skip_bad_steps(
             state.loss_rule_state,
         )
         if loss_rule is not None:
-            value = jnp.asarray(loss)
-            if value.size != 1:
-                raise ValueError(f"loss must be a scalar, got an array of shape {value.shape}.")
-            value = value.reshape(()).astype(jnp.float32)
+            value = _loss_value(loss)
             threshold, loss_rule_state, loss_finite = step_rule(
                 loss_rule, value, state.loss_rule_state, signed=True
             )
@@ -280,3 +300,19 @@ def skip_bad_steps(
         )
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _loss_value(loss: Any) -> jax.Array:
+    """The loss passed to ``update`` as a float32 scalar, or a clear error
+    (at trace time) naming ``loss``."""
+    try:
+        value = None if isinstance(loss, str | bytes) else jnp.asarray(loss)
+    except TypeError:
+        value = None
+    if value is None or not (
+        jnp.issubdtype(value.dtype, jnp.floating) or jnp.issubdtype(value.dtype, jnp.integer)
+    ):
+        raise TypeError(f"loss must be a real scalar (the step's loss), got {loss!r}.")
+    if value.size != 1:
+        raise ValueError(f"loss must be a scalar, got an array of shape {value.shape}.")
+    return value.reshape(()).astype(jnp.float32)

@@ -89,7 +89,12 @@ def skip_bad_steps(
     arguments, ``loss`` included, are passed on to ``inner``. The loss rule
     is any [`adaclip.ThresholdRule`][adaclip.ThresholdRule]: it sees the loss
     as its statistic, exactly as a clipper's rule sees a norm (a non-finite
-    loss never enters its state). With
+    loss, or a NaN or ``-inf`` threshold, never enters its state; a negative
+    threshold is allowed, as losses can be negative). Use a shift-invariant
+    spike test (mean + k standard deviations): a rule that multiplies the
+    loss (``ema``, ``moving_average``, ``quantile``, ``log_space``) assumes a
+    positive loss, skips nearly every step of a negative one (``2 x -5`` lies
+    below ``-5``), and gets a ``UserWarning`` at construction. With
     [`adaclip.rolling_zscore`][adaclip.rolling_zscore] it is the loss-spike
     test of Levanter and OLMo-core; see the "Skipping spikes" docs page for
     each trainer's one-liner. Under ``jax.jit`` with sharded arrays the loss
@@ -121,6 +126,10 @@ def skip_bad_steps(
     With gradient accumulation, wrap this in ``optax.MultiSteps`` (not the
     other way round): ``optax.MultiSteps(adaclip.skip_bad_steps(inner), k)``
     skips a bad accumulated step and still resets the accumulator.
+    ``MultiSteps`` only keeps the decision of the last micro-step, made with
+    the loss passed there: pass the mean of the micro-step losses so far
+    (restarted where ``opt_state.mini_step == 0``), so that a spike or a NaN
+    on any micro-step reaches the loss rule (see the "Skipping spikes" page).
 
     Args:
         inner: the optimizer to wrap; it must contain an adaclip clipper and
@@ -140,10 +149,11 @@ def skip_bad_steps(
     Raises:
         TypeError, ValueError: a bad ``spike_factor``, a ``loss_rule`` that is
             not an adaclip rule or an ``inner`` that is not an optax
-            transformation (at construction); ValueError at ``init`` if
+            transformation (a threshold rule included; at construction); ValueError at ``init`` if
             ``inner``'s state holds no adaclip clipper or holds an
             ``optax.MultiSteps``; TypeError at the first ``update`` (when it
-            is traced) if ``loss_rule`` is set and no ``loss`` is passed.
+            is traced) if ``loss_rule`` is set and ``loss`` is missing, not a
+            real number (a string) or not a scalar.
 
     Examples:
         >>> import jax.numpy as jnp, optax
@@ -163,16 +173,20 @@ def skip_bad_steps(
         >>> bool(state.skipped), int(state.inner_state[1][0].count)
         (False, 1)
 
-        Skipping on the loss (a loss above twice the previous one):
+        Skipping on the loss (a loss above the mean + 3 standard deviations of
+        the last 8; the test is shift-invariant, so a negative loss such as a
+        log-likelihood works as well as a positive one):
 
         >>> tx = adaclip.skip_bad_steps(
         ...     optax.chain(adaclip.clip_by_global_norm(1.0), optax.sgd(0.1)),
-        ...     loss_rule=adaclip.moving_average(2.0, window=1),
+        ...     loss_rule=adaclip.rolling_zscore(3.0, 8, min_history=3),
         ... )
         >>> state = tx.init(params)
-        >>> for loss in [1.0, 0.9, 5.0, 0.8]:
+        >>> for loss in [-5.0, -5.2, -4.9, -5.1, 3.0, -5.0]:
         ...     _, state = tx.update({"w": jnp.ones(2)}, state, params, loss=loss)
         ...     print(bool(state.skipped), int(adaclip.metrics(state)["skip_reason"]))
+        False 0
+        False 0
         False 0
         False 0
         True 3

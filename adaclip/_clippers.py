@@ -499,13 +499,12 @@ def clip_by_value(
     a ``+inf`` threshold from a rule or schedule is no bound that step, and a
     NaN, negative or ``-inf`` one makes the step non-finite (below).
 
-    **Dtypes.** The statistic is accumulated in float32, or in float64 when a
-    leaf is float64 (``jax_enable_x64``), and is exact even when a sum of
-    squares would overflow (float32 elements above ~1e19): a rescaled second
-    pass runs then, and only then. Each leaf is scaled as
-    ``(g.astype(w) * scale).astype(g.dtype)``, ``w`` the wider of float32 and
-    the leaf's dtype, so an unclipped float64 leaf comes back bit for bit.
-    Complex leaves are rejected with a ``ValueError``, as ``optax.clip``
+    **Dtypes.** The statistic $\max |g|$ is taken in float32, or in float64
+    when a leaf is float64 (``jax_enable_x64``); there is no sum of squares,
+    so nothing overflows. Each leaf is clamped as
+    ``clip(g.astype(w), -c, c).astype(g.dtype)``, ``w`` the wider of float32
+    and the leaf's dtype, so an element within the bound comes back bit for
+    bit. Complex leaves are rejected with a ``ValueError``, as ``optax.clip``
     rejects them: complex numbers have no order. The state's statistics stay
     float32.
 

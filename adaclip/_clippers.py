@@ -499,7 +499,7 @@ def clip_by_value(
     a ``+inf`` threshold from a rule or schedule is no bound that step, and a
     NaN, negative or ``-inf`` one makes the step non-finite (below).
 
-    **Dtypes.** The statistic $\max |g|$ is taken in float32, or in float64
+    **Dtypes.** The statistic $\\max |g|$ is taken in float32, or in float64
     when a leaf is float64 (``jax_enable_x64``); there is no sum of squares,
     so nothing overflows. Each leaf is clamped as
     ``clip(g.astype(w), -c, c).astype(g.dtype)``, ``w`` the wider of float32

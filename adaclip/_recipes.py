@@ -75,8 +75,9 @@ def autoclip(
     **Differences from AutoClip.** The history is the last ``window`` norms
     (the original keeps every norm, with memory and per-step cost growing
     with the step count); a NaN or infinite norm never enters it (in the
-    original one NaN makes every later threshold NaN), and the step's update
-    is zeros (``nonfinite="skip"``, the clipper's output; the optimizer after it still steps) or passed through (``"propagate"``).
+    original one NaN makes every later threshold NaN), and the clipper's
+    output is zeros (``nonfinite="skip"``; the optimizer after it still
+    steps) or passed through (``"propagate"``).
 
     Args:
         percentile: $p \\in [0, 100]$.
@@ -150,9 +151,9 @@ def zclip(
 
     **Differences from ZClip.** A NaN or infinite norm never enters the EMA
     (in the original, one NaN makes the mean and variance NaN forever, after
-    which no spike is ever detected); the step's update is zeros
-    (``nonfinite="skip"``, the clipper's output; the optimizer after it still steps) or passed through (``"propagate"``), and later
-    spikes are still clipped.
+    which no spike is ever detected); the clipper's output is zeros
+    (``nonfinite="skip"``; the optimizer after it still steps) or passed
+    through (``"propagate"``), and later spikes are still clipped.
 
     Args:
         alpha: EMA factor in (0, 1).
@@ -315,8 +316,9 @@ def adagc(
     the first step sets $\\gamma_i$ to the leaf's norm and clips nothing.
 
     **Differences from AdaGC.** A NaN or infinite norm in any leaf never
-    enters $\\gamma$ (the step's update is zeros with ``nonfinite="skip"``, the clipper's output; the optimizer after it still steps),
-    so later spikes are still clipped and thresholds stay finite.
+    enters $\\gamma$ (the clipper's output is zeros with
+    ``nonfinite="skip"``; the optimizer after it still steps), so later
+    spikes are still clipped and thresholds stay finite.
 
     Args:
         ratio: $r > 0$.

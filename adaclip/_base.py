@@ -296,33 +296,89 @@ def as_rule(
     return constant_rule(threshold)
 
 
+def check_structure(name: str, initialised: Any, updates: PyTree) -> None:
+    """Raises if ``updates`` is not shaped like the tree ``name`` was initialised on.
+
+    ``initialised`` is the treedef of that tree (``None`` skips the check).
+    Equal leaf counts are not enough: a per-leaf state initialised on
+    ``{a, b}`` and updated with ``{b, c}`` would clip ``b`` against ``a``'s
+    history. Treedefs are static, so this runs at trace time, under ``jax.jit``
+    too, with no host sync.
+    """
+    if initialised is None:
+        return
+    got = jax.tree.structure(updates)
+    if got != initialised:
+        raise ValueError(
+            f"{name} was initialised on a tree of structure {initialised} but update got a "
+            f"tree of structure {got}: pass updates shaped like the params given to init "
+            "(or init a new state for the new tree)."
+        )
+
+
 def tree_select(pred: jax.Array, on_true: PyTree, on_false: PyTree) -> PyTree:
     """``jnp.where(pred, a, b)`` leaf by leaf, for a scalar ``pred``."""
     return jax.tree.map(lambda a, b: jnp.where(pred, a, b), on_true, on_false)
 
 
+def rule_name(rule: ThresholdRule) -> str:
+    """A name for ``rule`` in error messages: the factory that built it.
+
+    A rule has no name of its own, so it is derived from its ``update``
+    function: ``ema.<locals>.update_fn`` names ``ema``; a function of the
+    user's (a lambda, a method) is named by module and qualified name.
+    """
+    update = rule.update
+    update = getattr(update, "func", update)  # functools.partial
+    qualname = getattr(update, "__qualname__", None)
+    if qualname is None:
+        return repr(update)
+    module = getattr(update, "__module__", None) or ""
+    if "<locals>" in qualname and module.startswith("adaclip"):
+        return qualname.split(".<locals>")[0]
+    return f"{module}.{qualname}" if module else qualname
+
+
 def step_rule(
-    rule: ThresholdRule, statistic: jax.Array, state: PyTree
+    rule: ThresholdRule, statistic: jax.Array, state: PyTree, *, signed: bool = False
 ) -> tuple[jax.Array, PyTree, jax.Array]:
     """Steps ``rule`` once, keeping a bad step out of its state.
 
     Returns ``(threshold, new_state, finite)``. The rule sees the statistic
     in float32 (a finite float64 statistic beyond float32's range is held at
-    the float32 maximum). A step is *finite* when every entry of ``statistic`` is
-    finite and the rule's threshold has no NaN (a ``+inf`` threshold is
-    allowed: no bound this step); otherwise ``finite`` is False and
-    ``new_state`` is ``state`` unchanged, and the threshold returned is not
-    meaningful (callers replace it). The threshold is float32, or float64 when
-    the rule gives float64 (a fixed threshold under ``jax_enable_x64``).
-    Clippers and offline replay both step rules through this function, so
-    they agree step for step.
+    the float32 maximum). A step is *finite* when every entry of ``statistic``
+    is finite and every entry of the rule's threshold is a bound: ``>= 0``
+    (a ``+inf`` threshold is allowed: no bound this step), or, with
+    ``signed`` (a loss rule, whose statistic may be negative), ``> -inf``.
+    Otherwise ``finite`` is False and ``new_state`` is ``state`` unchanged, and
+    the threshold returned is not meaningful (callers replace it): a NaN,
+    negative or ``-inf`` threshold, from a hand-written rule or an injected
+    negative hyper-parameter, is treated like a NaN statistic, never used to
+    clamp (a negative bound would flip signs). The threshold is float32, or
+    float64 when the rule gives float64 (a fixed threshold under
+    ``jax_enable_x64``). Clippers, ``skip_bad_steps`` and offline replay all
+    step rules through this function, so they agree step for step.
+
+    Raises:
+        ValueError: at trace time, when the rule's threshold is neither shaped
+            like the statistic nor a scalar (which is broadcast), naming the
+            rule and both shapes.
     """
     statistic = jnp.asarray(statistic)
     stat_finite = jnp.all(jnp.isfinite(statistic))
     statistic = saturating_f32(statistic)
     threshold, new_state = rule.update(statistic, state)
-    threshold = jnp.broadcast_to(as_threshold(threshold), statistic.shape)
-    finite = stat_finite & ~jnp.any(jnp.isnan(threshold))
+    threshold = as_threshold(threshold)
+    if threshold.shape not in (statistic.shape, ()):
+        raise ValueError(
+            f"the threshold rule {rule_name(rule)} returned a threshold of shape "
+            f"{threshold.shape} for a statistic of shape {statistic.shape}: a rule's "
+            "threshold must be shaped like its statistic (or be a scalar)."
+        )
+    threshold = jnp.broadcast_to(threshold, statistic.shape)
+    # `>=` and `>` are False for NaN, so one comparison rules out NaN too.
+    is_bound = threshold > -jnp.inf if signed else threshold >= 0
+    finite = stat_finite & jnp.all(is_bound)
     new_state = tree_select(finite, new_state, state)
     return threshold, new_state, finite
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -16,18 +17,26 @@ from adaclip._base import (
     PyTree,
     ThresholdLike,
     as_rule,
+    check_structure,
     increment,
     reported_threshold,
     saturating_f32,
     step_rule,
 )
 
-NONFINITE = ("skip", "propagate")
+# "skip" (the default, kept for the contract) and "zero" are one mode: the
+# clipper's output is zeroed; "zero" says what it does.
+NONFINITE = ("skip", "zero", "propagate")
 
 
 class ClipState(NamedTuple):
     """State of every adaclip clipper; its fields other than ``rule_state`` are
     the metrics that [`adaclip.metrics`][adaclip.metrics] reports.
+
+    ``init`` returns it as a subclass that records the structure of the
+    params tree (as class data, no array), and ``update`` raises a
+    ``ValueError`` naming both structures when it gets a tree of another
+    structure (checked at trace time; equal leaf counts are not enough).
 
     Shapes are ``()`` for global and value clipping and ``(n_leaves,)`` for
     per-leaf clipping. On a step whose statistic is not finite, ``norm``,
@@ -70,6 +79,40 @@ class ClipState(NamedTuple):
     rule_state: PyTree  # the threshold rule's own state.
 
 
+@functools.cache
+def _state_type(structure: Any) -> type[ClipState]:
+    """`ClipState` for a params tree of this structure.
+
+    The structure must travel with the state through ``jax.jit``, donation,
+    ``jax.tree.map``, ``optax`` wrappers and checkpoints, without an array
+    and without a new field. As the state's type it does: pytrees rebuild a
+    named tuple by its type, and so do orbax (from the target's treedef) and
+    flax (``type(target)(**fields)``). One subclass per structure (cached),
+    named ``ClipState``, so reprs and ``isinstance`` are unchanged.
+    """
+    return type(
+        "ClipState",
+        (ClipState,),
+        {
+            "__slots__": (),
+            "__module__": ClipState.__module__,
+            "__qualname__": ClipState.__qualname__,
+            "__doc__": ClipState.__doc__,
+            "__reduce__": _reduce_state,
+            "_structure": structure,
+        },
+    )
+
+
+def _reduce_state(state: ClipState) -> tuple[Any, tuple[Any, ...]]:
+    """Pickles a structured state (its class is not importable by name)."""
+    return _rebuild_state, (state._structure, tuple(state))  # type: ignore[attr-defined]
+
+
+def _rebuild_state(structure: Any, fields: tuple[Any, ...]) -> ClipState:
+    return _state_type(structure)(*fields)
+
+
 class _ClipperSpec(NamedTuple):
     """What makes one clipper: its statistic, its factor and how a leaf is clipped.
 
@@ -103,7 +146,7 @@ def _make_clipper(
         leaves = jax.tree.leaves(params)
         shape = (len(leaves),) if spec.per_leaf else ()
         # Each field its own buffer, so that the state can be donated.
-        return ClipState(
+        return _state_type(jax.tree.structure(params))(
             norm=jnp.zeros(shape, jnp.float32),
             threshold=jnp.zeros(shape, jnp.float32),
             clipped=jnp.zeros(shape, jnp.bool_),
@@ -115,6 +158,7 @@ def _make_clipper(
 
     def update_fn(updates, state, params=None, **extra_args):
         del params, extra_args
+        check_structure(spec.name, getattr(state, "_structure", None), updates)
         leaves, treedef = jax.tree.flatten(updates)
         # Integer, bool and float0 leaves carry no gradient: they count as a
         # zero statistic and pass through untouched.
@@ -163,7 +207,7 @@ def _make_clipper(
 
         finite_steps = (state.count - state.nonfinite_count + 1).astype(jnp.float32)
         clip_rate = state.clip_rate + (clipped.astype(jnp.float32) - state.clip_rate) / finite_steps
-        new_state = ClipState(
+        new_state = type(state)(
             norm=jnp.where(finite, saturating_f32(stat), state.norm),
             threshold=threshold,
             clipped=clipped,
@@ -302,7 +346,7 @@ def clip_by_global_norm(
     ``math.inf`` means "measure only": nothing is cut, every metric is
     recorded and the ``threshold`` metric reports the statistic. At run time
     a ``+inf`` threshold from a rule or schedule is no bound that step, and a
-    NaN one makes the step non-finite (below).
+    NaN, negative or ``-inf`` one makes the step non-finite (below).
 
     **Dtypes.** The statistic is accumulated in float32, or in float64 when a
     leaf is float64 (``jax_enable_x64``), and is exact even when a sum of
@@ -320,14 +364,20 @@ def clip_by_global_norm(
     loop), and ``init`` returns distinct buffers, so the state can be
     donated.
 
-    **Non-finite steps.** When the statistic is NaN or infinite, the rule's
-    state is left untouched and ``nonfinite_count`` goes up; with
-    ``nonfinite="skip"`` (the default) the step's update is all zeros, with
-    ``"propagate"`` the gradients pass through unchanged (NaN included).
+    **Non-finite steps.** When the statistic is NaN or infinite (or the
+    rule's threshold is NaN, negative or ``-inf``), the rule's state is left
+    untouched and ``nonfinite_count`` goes up. With ``nonfinite="zero"`` (or
+    its older spelling ``"skip"``, the default) this clipper's output is all
+    zeros, but an optimizer chained after it still steps: Adam's moments decay,
+    its count advances and the parameters still move. To skip the whole step,
+    wrap the chain: ``adaclip.skip_bad_steps(optax.chain(clipper, optimizer))``.
+    With ``"propagate"`` the gradients pass through unchanged (NaN included).
 
     Args:
         threshold: a float >= 0, an optax schedule or a rule.
-        nonfinite: ``"skip"`` or ``"propagate"``.
+        nonfinite: ``"skip"`` (the default) or ``"zero"``, the same mode:
+            zero this clipper's output on a non-finite step; ``"propagate"``:
+            pass it through.
         axis_name: the mapped axis (``shard_map``/``pmap``) over which the
             gradients are split; the squared norms are summed over it so
             every device uses the true global norm. ``None`` under plain
@@ -373,7 +423,7 @@ def clip_by_leaf_norm(
     ``math.inf`` means "measure only": nothing is cut, every metric is
     recorded and the ``threshold`` metric reports the statistic. At run time
     a ``+inf`` threshold from a rule or schedule is no bound that step, and a
-    NaN one makes the step non-finite (below).
+    NaN, negative or ``-inf`` one makes the step non-finite (below).
 
     **Dtypes.** The statistic is accumulated in float32, or in float64 when a
     leaf is float64 (``jax_enable_x64``), and is exact even when a sum of
@@ -391,14 +441,20 @@ def clip_by_leaf_norm(
     loop), and ``init`` returns distinct buffers, so the state can be
     donated.
 
-    **Non-finite steps.** When the statistic is NaN or infinite, the rule's
-    state is left untouched and ``nonfinite_count`` goes up; with
-    ``nonfinite="skip"`` (the default) the step's update is all zeros, with
-    ``"propagate"`` the gradients pass through unchanged (NaN included).
+    **Non-finite steps.** When the statistic is NaN or infinite (or the
+    rule's threshold is NaN, negative or ``-inf``), the rule's state is left
+    untouched and ``nonfinite_count`` goes up. With ``nonfinite="zero"`` (or
+    its older spelling ``"skip"``, the default) this clipper's output is all
+    zeros, but an optimizer chained after it still steps: Adam's moments decay,
+    its count advances and the parameters still move. To skip the whole step,
+    wrap the chain: ``adaclip.skip_bad_steps(optax.chain(clipper, optimizer))``.
+    With ``"propagate"`` the gradients pass through unchanged (NaN included).
 
     Args:
         threshold: a float >= 0, an optax schedule or a rule.
-        nonfinite: ``"skip"`` or ``"propagate"``.
+        nonfinite: ``"skip"`` (the default) or ``"zero"``, the same mode:
+            zero this clipper's output on a non-finite step; ``"propagate"``:
+            pass it through.
         axis_name: the mapped axis over which each leaf is split; each leaf's
             squared norm is summed over it.
 
@@ -441,15 +497,14 @@ def clip_by_value(
     ``math.inf`` means "measure only": nothing is cut, every metric is
     recorded and the ``threshold`` metric reports the statistic. At run time
     a ``+inf`` threshold from a rule or schedule is no bound that step, and a
-    NaN one makes the step non-finite (below).
+    NaN, negative or ``-inf`` one makes the step non-finite (below).
 
-    **Dtypes.** The statistic is accumulated in float32, or in float64 when a
-    leaf is float64 (``jax_enable_x64``), and is exact even when a sum of
-    squares would overflow (float32 elements above ~1e19): a rescaled second
-    pass runs then, and only then. Each leaf is scaled as
-    ``(g.astype(w) * scale).astype(g.dtype)``, ``w`` the wider of float32 and
-    the leaf's dtype, so an unclipped float64 leaf comes back bit for bit.
-    Complex leaves are rejected with a ``ValueError``, as ``optax.clip``
+    **Dtypes.** The statistic $\\max |g|$ is taken in float32, or in float64
+    when a leaf is float64 (``jax_enable_x64``); there is no sum of squares,
+    so nothing overflows. Each leaf is clamped as
+    ``clip(g.astype(w), -c, c).astype(g.dtype)``, ``w`` the wider of float32
+    and the leaf's dtype, so an element within the bound comes back bit for
+    bit. Complex leaves are rejected with a ``ValueError``, as ``optax.clip``
     rejects them: complex numbers have no order. The state's statistics stay
     float32.
 
@@ -459,14 +514,20 @@ def clip_by_value(
     loop), and ``init`` returns distinct buffers, so the state can be
     donated.
 
-    **Non-finite steps.** When the statistic is NaN or infinite, the rule's
-    state is left untouched and ``nonfinite_count`` goes up; with
-    ``nonfinite="skip"`` (the default) the step's update is all zeros, with
-    ``"propagate"`` the gradients pass through unchanged (NaN included).
+    **Non-finite steps.** When the statistic is NaN or infinite (or the
+    rule's threshold is NaN, negative or ``-inf``), the rule's state is left
+    untouched and ``nonfinite_count`` goes up. With ``nonfinite="zero"`` (or
+    its older spelling ``"skip"``, the default) this clipper's output is all
+    zeros, but an optimizer chained after it still steps: Adam's moments decay,
+    its count advances and the parameters still move. To skip the whole step,
+    wrap the chain: ``adaclip.skip_bad_steps(optax.chain(clipper, optimizer))``.
+    With ``"propagate"`` the gradients pass through unchanged (NaN included).
 
     Args:
         threshold: a float >= 0, an optax schedule or a rule.
-        nonfinite: ``"skip"`` or ``"propagate"``.
+        nonfinite: ``"skip"`` (the default) or ``"zero"``, the same mode:
+            zero this clipper's output on a non-finite step; ``"propagate"``:
+            pass it through.
         axis_name: the mapped axis; the max is taken over it (``pmax``).
 
     Returns:

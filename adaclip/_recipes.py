@@ -75,13 +75,14 @@ def autoclip(
     **Differences from AutoClip.** The history is the last ``window`` norms
     (the original keeps every norm, with memory and per-step cost growing
     with the step count); a NaN or infinite norm never enters it (in the
-    original one NaN makes every later threshold NaN), and the step's update
-    is zeros (``nonfinite="skip"``) or passed through (``"propagate"``).
+    original one NaN makes every later threshold NaN), and the clipper's
+    output is zeros (``nonfinite="skip"``; the optimizer after it still
+    steps) or passed through (``"propagate"``).
 
     Args:
         percentile: $p \\in [0, 100]$.
         window: $w$, a Python int >= 1, the number of past norms kept.
-        nonfinite: ``"skip"`` or ``"propagate"``, see
+        nonfinite: ``"skip"`` (zero the clipper's output) or ``"propagate"``, see
             [`adaclip.clip_by_global_norm`][adaclip.clip_by_global_norm].
         axis_name: the mapped axis the gradients are split over, if any.
 
@@ -150,9 +151,9 @@ def zclip(
 
     **Differences from ZClip.** A NaN or infinite norm never enters the EMA
     (in the original, one NaN makes the mean and variance NaN forever, after
-    which no spike is ever detected); the step's update is zeros
-    (``nonfinite="skip"``) or passed through (``"propagate"``), and later
-    spikes are still clipped.
+    which no spike is ever detected); the clipper's output is zeros
+    (``nonfinite="skip"``; the optimizer after it still steps) or passed
+    through (``"propagate"``), and later spikes are still clipped.
 
     Args:
         alpha: EMA factor in (0, 1).
@@ -163,7 +164,7 @@ def zclip(
         clip_option: ``"adaptive_scaling"`` or ``"mean"``.
         clip_factor: > 0, scales the adaptive bound.
         skip_update_on_spike: keep spikes out of the EMA.
-        nonfinite: ``"skip"`` or ``"propagate"``.
+        nonfinite: ``"skip"`` (zero the clipper's output) or ``"propagate"``.
         axis_name: the mapped axis the gradients are split over, if any.
 
     Returns:
@@ -328,15 +329,16 @@ def adagc(
     locks the leaf all the same).
 
     **Differences from AdaGC.** A NaN or infinite norm in any leaf never
-    enters $\\gamma$ (the step's update is zeros with ``nonfinite="skip"``),
-    so later spikes are still clipped and thresholds stay finite.
+    enters $\\gamma$ (the clipper's output is zeros with
+    ``nonfinite="skip"``; the optimizer after it still steps), so later
+    spikes are still clipped and thresholds stay finite.
 
     Args:
         ratio: $r > 0$.
         beta: $\\beta \\in [0, 1)$.
         warmup_steps: $W$, an int >= 0 (may be traced).
         warmup_max_norm: $M \\ge 0$, the global threshold during warm-up.
-        nonfinite: ``"skip"`` or ``"propagate"``.
+        nonfinite: ``"skip"`` (zero the clipper's output) or ``"propagate"``.
         axis_name: the mapped axis the gradients are split over, if any.
 
     Returns:

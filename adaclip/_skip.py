@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, NamedTuple
 
 import jax
@@ -9,11 +10,17 @@ import jax.numpy as jnp
 import optax
 
 from adaclip import _validation
-from adaclip._base import PyTree, ThresholdRule, step_rule, tree_select
+from adaclip._base import PyTree, ThresholdRule, rule_name, step_rule, tree_select
 from adaclip._find import clip_states, is_clip_state
 
 # Values of SkipState.reason, in order of precedence.
 NOT_SKIPPED, NONFINITE, CLIP_STATISTIC, LOSS = 0, 1, 2, 3
+
+# Rules whose threshold is a multiple of (or, in log space, needs) a positive
+# statistic: on a loss that can be negative (a log-likelihood) or is shifted
+# by a large constant, a multiple of the mean is no spike bound (2 x -5 = -10
+# lies below every ordinary loss, so nearly every step is skipped).
+_SCALE_RULES = ("ema", "moving_average", "quantile", "log_space")
 
 
 class SkipState(NamedTuple):
@@ -82,7 +89,12 @@ def skip_bad_steps(
     arguments, ``loss`` included, are passed on to ``inner``. The loss rule
     is any [`adaclip.ThresholdRule`][adaclip.ThresholdRule]: it sees the loss
     as its statistic, exactly as a clipper's rule sees a norm (a non-finite
-    loss never enters its state). With
+    loss, or a NaN or ``-inf`` threshold, never enters its state; a negative
+    threshold is allowed, as losses can be negative). Use a shift-invariant
+    spike test (mean + k standard deviations): a rule that multiplies the
+    loss (``ema``, ``moving_average``, ``quantile``, ``log_space``) assumes a
+    positive loss, skips nearly every step of a negative one (``2 x -5`` lies
+    below ``-5``), and gets a ``UserWarning`` at construction. With
     [`adaclip.rolling_zscore`][adaclip.rolling_zscore] it is the loss-spike
     test of Levanter and OLMo-core; see the "Skipping spikes" docs page for
     each trainer's one-liner. Under ``jax.jit`` with sharded arrays the loss
@@ -114,6 +126,10 @@ def skip_bad_steps(
     With gradient accumulation, wrap this in ``optax.MultiSteps`` (not the
     other way round): ``optax.MultiSteps(adaclip.skip_bad_steps(inner), k)``
     skips a bad accumulated step and still resets the accumulator.
+    ``MultiSteps`` only keeps the decision of the last micro-step, made with
+    the loss passed there: pass the mean of the micro-step losses so far
+    (restarted where ``opt_state.mini_step == 0``), so that a spike or a NaN
+    on any micro-step reaches the loss rule (see the "Skipping spikes" page).
 
     Args:
         inner: the optimizer to wrap; it must contain an adaclip clipper and
@@ -133,10 +149,11 @@ def skip_bad_steps(
     Raises:
         TypeError, ValueError: a bad ``spike_factor``, a ``loss_rule`` that is
             not an adaclip rule or an ``inner`` that is not an optax
-            transformation (at construction); ValueError at ``init`` if
+            transformation (a threshold rule included; at construction); ValueError at ``init`` if
             ``inner``'s state holds no adaclip clipper or holds an
             ``optax.MultiSteps``; TypeError at the first ``update`` (when it
-            is traced) if ``loss_rule`` is set and no ``loss`` is passed.
+            is traced) if ``loss_rule`` is set and ``loss`` is missing, not a
+            real number (a string) or not a scalar.
 
     Examples:
         >>> import jax.numpy as jnp, optax
@@ -156,16 +173,20 @@ def skip_bad_steps(
         >>> bool(state.skipped), int(state.inner_state[1][0].count)
         (False, 1)
 
-        Skipping on the loss (a loss above twice the previous one):
+        Skipping on the loss (a loss above the mean + 3 standard deviations of
+        the last 8; the test is shift-invariant, so a negative loss such as a
+        log-likelihood works as well as a positive one):
 
         >>> tx = adaclip.skip_bad_steps(
         ...     optax.chain(adaclip.clip_by_global_norm(1.0), optax.sgd(0.1)),
-        ...     loss_rule=adaclip.moving_average(2.0, window=1),
+        ...     loss_rule=adaclip.rolling_zscore(3.0, 8, min_history=3),
         ... )
         >>> state = tx.init(params)
-        >>> for loss in [1.0, 0.9, 5.0, 0.8]:
+        >>> for loss in [-5.0, -5.2, -4.9, -5.1, 3.0, -5.0]:
         ...     _, state = tx.update({"w": jnp.ones(2)}, state, params, loss=loss)
         ...     print(bool(state.skipped), int(adaclip.metrics(state)["skip_reason"]))
+        False 0
+        False 0
         False 0
         False 0
         True 3
@@ -176,10 +197,26 @@ def skip_bad_steps(
             raise TypeError(f"inner must be an optax GradientTransformation, got {inner!r}.")
     if spike_factor is not None:
         _validation.check_positive("spike_factor", spike_factor)
+    if isinstance(inner, ThresholdRule):
+        raise TypeError(
+            "inner must be an optax GradientTransformation that contains an adaclip "
+            f"clipper, got {inner!r}, a threshold rule: pass the rule to a clipper, "
+            "adaclip.skip_bad_steps(optax.chain(adaclip.clip_by_global_norm(rule), opt))."
+        )
     if loss_rule is not None and not isinstance(loss_rule, ThresholdRule):
         raise TypeError(
             f"loss_rule must be an adaclip.ThresholdRule (e.g. adaclip.rolling_zscore(6.0, 128)) "
             f"or None, got {loss_rule!r}."
+        )
+    if loss_rule is not None and rule_name(loss_rule) in _SCALE_RULES:
+        warnings.warn(
+            f"loss_rule={rule_name(loss_rule)}(...) sets its threshold as a multiple of (or "
+            "in log space from) the loss, which is right only for losses that are positive "
+            "and not shifted by a constant. With a negative loss (a log-likelihood) nearly "
+            "every ordinary step is skipped. Prefer a shift-invariant spike test such as "
+            "adaclip.rolling_zscore(6.0, 128) or adaclip.ema_zscore.",
+            UserWarning,
+            stacklevel=2,
         )
     inner = optax.with_extra_args_support(inner)
 
@@ -217,7 +254,7 @@ def skip_bad_steps(
         if loss_rule is not None and loss is None:
             raise TypeError(
                 "skip_bad_steps has a loss_rule, so update needs the loss: call "
-                "tx.update(grads, state, params, loss=loss)."
+                "tx.update(grads, state, params, loss=loss), got loss=None."
             )
         new_updates, new_inner = inner.update(updates, state.inner_state, params, **extra_args)
         nonfinite = jnp.zeros([], jnp.bool_)
@@ -236,12 +273,9 @@ def skip_bad_steps(
             state.loss_rule_state,
         )
         if loss_rule is not None:
-            value = jnp.asarray(loss)
-            if value.size != 1:
-                raise ValueError(f"loss must be a scalar, got an array of shape {value.shape}.")
-            value = value.reshape(()).astype(jnp.float32)
+            value = _loss_value(loss)
             threshold, loss_rule_state, loss_finite = step_rule(
-                loss_rule, value, state.loss_rule_state
+                loss_rule, value, state.loss_rule_state, signed=True
             )
             nonfinite = nonfinite | ~loss_finite
             loss_spike = loss_finite & (value > threshold)
@@ -280,3 +314,19 @@ def skip_bad_steps(
         )
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _loss_value(loss: Any) -> jax.Array:
+    """The loss passed to ``update`` as a float32 scalar, or a clear error
+    (at trace time) naming ``loss``."""
+    try:
+        value = None if isinstance(loss, str | bytes) else jnp.asarray(loss)
+    except TypeError:
+        value = None
+    if value is None or not (
+        jnp.issubdtype(value.dtype, jnp.floating) or jnp.issubdtype(value.dtype, jnp.integer)
+    ):
+        raise TypeError(f"loss must be a real scalar (the step's loss), got {loss!r}.")
+    if value.size != 1:
+        raise ValueError(f"loss must be a scalar, got an array of shape {value.shape}.")
+    return value.reshape(()).astype(jnp.float32)

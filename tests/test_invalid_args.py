@@ -20,6 +20,7 @@ NAN, INF = math.nan, math.inf
 _ema = adaclip.ema(1.5, 0.9)
 _fixed = adaclip.fixed(1.0)
 _clip = optax.chain(adaclip.clip_by_global_norm(1.0), optax.sgd(1.0))
+_RULE = adaclip.rolling_zscore(6.0, 128)
 
 
 class Echo(str):
@@ -458,10 +459,10 @@ CASES = [
     (
         "global-nonfinite",
         adaclip.clip_by_global_norm,
-        {"threshold": 1.0, "nonfinite": "zero"},
+        {"threshold": 1.0, "nonfinite": "ignore"},
         ValueError,
         "nonfinite",
-        "zero",
+        "ignore",
     ),
     (
         "leaf-threshold-nan",
@@ -570,6 +571,7 @@ CASES = [
     ),
     # skip_bad_steps
     ("skip-inner", adaclip.skip_bad_steps, {"inner": 3}, TypeError, "inner", 3),
+    ("skip-inner-rule", adaclip.skip_bad_steps, {"inner": _RULE}, TypeError, "inner", _RULE),
     (
         "skip-spike-0",
         adaclip.skip_bad_steps,

@@ -11,6 +11,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from adaclip import _validation
+
 _LEAF_COLUMN = re.compile(r"^(.*)\[(\d+)\]$")
 # A number as CSV writers spell it: ASCII digits, one optional sign, point and
 # exponent, or nan / inf / infinity (any case).
@@ -68,7 +70,7 @@ def write_csv(path: str | pathlib.Path, columns: Mapping[str, Any]) -> pathlib.P
 def _refuse_tracers(values: Mapping[str, Any], where: str) -> None:
     """Raises a TypeError naming the first value that holds a JAX tracer."""
     for name, value in values.items():
-        if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(value)):
+        if any(_validation.is_traced(leaf) for leaf in jax.tree.leaves(value)):
             raise TypeError(
                 f"{where} got a traced value for {name!r}: it was called inside jax.jit, "
                 "jax.vmap or another JAX transformation, where it would store one row of "

@@ -27,7 +27,10 @@ WEIGHTS = {"a": jnp.array([0.3, -1.1, 2.0]), "b": jnp.array([[0.7, 1.3], [-0.4, 
 def _ours(grads):
     tx = adaclip.clip_by_value(HALF)
     updates, _ = tx.update(grads, tx.init(grads))
-    return sum(jnp.sum(w * u) for w, u in zip(jax.tree.leaves(WEIGHTS), jax.tree.leaves(updates)))
+    return sum(
+        jnp.sum(w * u)
+        for w, u in zip(jax.tree.leaves(WEIGHTS), jax.tree.leaves(updates), strict=True)
+    )
 
 
 def _reference(grads):
@@ -35,7 +38,7 @@ def _reference(grads):
     c = 0.5 * jnp.max(jnp.concatenate([jnp.abs(g).reshape(-1) for g in jax.tree.leaves(grads)]))
     return sum(
         jnp.sum(w * jnp.clip(g, -c, c))
-        for w, g in zip(jax.tree.leaves(WEIGHTS), jax.tree.leaves(grads))
+        for w, g in zip(jax.tree.leaves(WEIGHTS), jax.tree.leaves(grads), strict=True)
     )
 
 

@@ -111,9 +111,10 @@ def main() -> None:
                 (pathlib.Path(tmp) / "adaclip" / f"{module}.py").write_text(ast.unparse(tree))
                 cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider"]
                 try:
+                    env = {"PYTHONPATH": tmp, "PATH": "/usr/bin:/bin"}
                     rc = subprocess.run(
-                        cmd + TESTS[module], cwd=tmp, env={"PYTHONPATH": tmp, "PATH": "/usr/bin:/bin"},
-                        capture_output=True, timeout=args.timeout,
+                        cmd + TESTS[module], cwd=tmp, env=env, capture_output=True,
+                        timeout=args.timeout,
                     ).returncode  # fmt: skip
                 except subprocess.TimeoutExpired:
                     rc = -1  # a mutant that hangs is caught by the timeout: killed

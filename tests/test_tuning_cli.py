@@ -383,3 +383,61 @@ def test_console_script_is_the_public_main():
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     module, _, name = scripts["adaclip"].partition(":")
     assert getattr(importlib.import_module(module), name) is adaclip.tuning.main
+
+
+# --- No silent failure (issue 21, item 7) ---
+
+
+def test_a_directory_or_a_pipe_is_reported_as_what_it_is(tmp_path, capsys):
+    (tmp_path / "runs").mkdir()
+    fifo = tmp_path / "trace.csv"
+    os.mkfifo(fifo)
+    (tmp_path / "dangling.csv").symlink_to(tmp_path / "gone.csv")
+    for name, what in [
+        ("runs", "is a directory"),
+        ("trace.csv", "is a pipe"),
+        ("dangling.csv", "broken symbolic link"),
+        ("missing.csv", "no such file"),
+    ]:
+        code, out, err = _run(capsys, "replay", tmp_path / name)
+        assert code == 1 and not out
+        assert err.startswith(f"adaclip: error: cannot read {str(tmp_path / name)!r}: ")
+        assert err.count("\n") == 1
+        assert what in err, err
+        if what != "no such file":
+            assert "no such file" not in err
+
+
+def test_repeated_keywords_are_refused_as_python_does(norms_csv, capsys):
+    path, _ = norms_csv
+    with pytest.raises(SyntaxError, match="keyword argument repeated: multiplier"):
+        compile("ema(multiplier=2.0, multiplier=3.0)", "<spec>", "eval")
+    for spec, name in [
+        ("ema(multiplier=2.0, decay=0.9, multiplier=3.0)", "multiplier"),
+        ("clamp(ema(2.0, decay=0.9, decay=0.5), lower=0.1)", "decay"),
+        ("clamp(ema(2.0, 0.9), lower=0.1, lower=1.0)", "lower"),
+    ]:
+        code, _, err = _run(capsys, "replay", path, "--rule", spec)
+        assert code == 1
+        assert f"bad rule {spec!r}: keyword argument repeated: {name}" in err
+    code, _, err = _run(
+        capsys, "sweep", path, "--rule", "ema", "--grid", "decay=0.9", "--grid", "decay=0.5"
+    )
+    assert code == 1 and "--grid decay is given more than once" in err
+
+
+def test_sweep_of_a_huge_grid_fails_with_its_size(norms_csv, capsys):
+    path, _ = norms_csv
+    code, _, err = _run(
+        capsys,
+        "sweep",
+        path,
+        "--rule",
+        "ema",
+        "--grid",
+        "multiplier=linspace(1, 3, 10000)",
+        "--grid",
+        "decay=linspace(0.5, 0.99, 10000)",
+    )
+    assert code == 1
+    assert "100,000,000 configurations" in err and "max_configurations=1,000,000" in err

@@ -468,3 +468,112 @@ def test_core_namespace_keeps_the_core_only():
     assert not moved & set(dir(adaclip))
     assert "importlib" not in dir(adaclip)
     assert {"replay", "Trace", "metrics"} <= set(adaclip.__all__)
+
+
+# --- No silent failure (issue 21, item 7) ---
+
+
+def test_recorder_refuses_tracers_at_record_time():
+    tx = adaclip.clip_by_global_norm(adaclip.ema(2.0, 0.9))
+    recorder = adaclip.tuning.Recorder()
+
+    def step(g, state):
+        _, state = tx.update(g, state)
+        recorder.record(adaclip.metrics(state), loss=jnp.sum(g))
+        return state
+
+    state = tx.init(jnp.zeros(2))
+    with pytest.raises(TypeError, match=r"Recorder.record got a traced value for 'norm'.*jax.jit"):
+        jax.jit(step)(jnp.ones(2), state)
+    batch = jax.vmap(tx.init)(jnp.zeros((3, 2)))
+    with pytest.raises(TypeError, match="traced value for 'norm'"):
+        jax.vmap(step)(jnp.ones((3, 2)), batch)
+    # An extra value alone is checked too, and nothing was stored.
+    with pytest.raises(TypeError, match="traced value for 'loss'"):
+        jax.jit(lambda x: recorder.record({"norm": 1.0}, loss=x))(1.0)
+    assert len(recorder) == 0
+    with pytest.raises(TypeError, match="initial_metrics"):
+        adaclip.tuning.Recorder(initial_metrics=[1.0])
+
+
+def _run_steps(update, state, norms):
+    for n in norms:
+        _, state = update(jnp.array([n, 0.0]), state)
+    return state
+
+
+def test_recorder_started_mid_run_keeps_its_first_norm():
+    tx = adaclip.clip_by_global_norm(adaclip.ema(2.0, 0.9))
+    update = jax.jit(tx.update)
+    # Two non-finite steps before the recording starts (e.g. before a checkpoint).
+    state = _run_steps(update, tx.init(jnp.zeros(2)), [1.0, np.nan, np.inf, 2.0])
+    assert int(adaclip.metrics(state)["nonfinite_count"]) == 2
+    later = [3.0, 1.5, np.nan, 2.5]
+    for initial in (None, adaclip.metrics(state)):
+        recorder = adaclip.tuning.Recorder(initial_metrics=initial)
+        s = state
+        for n in later:
+            _, s = update(jnp.array([n, 0.0]), s)
+            recorder.record(adaclip.metrics(s))
+        np.testing.assert_array_equal(recorder.arrays()["norm"], [3.0, 1.5, np.nan, 2.5])
+
+
+def test_recorder_marks_a_nonfinite_first_step_given_the_initial_metrics():
+    tx = optax.chain(adaclip.clip_by_leaf_norm(adaclip.ema(2.0, 0.9)), optax.sgd(0.1))
+    params = {"a": jnp.zeros(1), "b": jnp.zeros(1)}
+    state = tx.init(params)
+    recorder = adaclip.tuning.Recorder(initial_metrics=adaclip.metrics(state))
+    for a in [np.nan, 2.0, np.inf, 4.0]:
+        _, state = tx.update({"a": jnp.array([a]), "b": jnp.array([1.0])}, state, params)
+        recorder.record(adaclip.metrics(state))
+    norm = recorder.arrays()["norm"]
+    # One non-finite leaf makes the whole step non-finite.
+    assert np.isnan(norm[[0, 2]]).all()
+    np.testing.assert_array_equal(norm[[1, 3]], [[2.0, 1.0], [4.0, 1.0]])
+
+
+def test_load_record_skips_a_bom_and_refuses_python_only_numbers(tmp_path):
+    path = tmp_path / "excel.csv"
+    path.write_bytes("step,grad_norm\r\n0,1.5\r\n1,2e-3\r\n2,+inf\r\n3,.25\r\n".encode("utf-8-sig"))
+    data = adaclip.tuning.load_record(path)
+    assert list(data) == ["step", "grad_norm"]  # not "\ufeffstep"
+    np.testing.assert_array_equal(data["grad_norm"], [1.5, 2e-3, np.inf, 0.25])
+    for cell in ["1_000", "1_0.5", "\u0661\u0662", "\uff11"]:  # underscores, non-ASCII digits
+        assert np.isfinite(float(cell))  # what a plain float() would have accepted
+        path.write_text(f"step,grad_norm\n0,1\n\n1,{cell}\n", encoding="utf-8")
+        with pytest.raises(ValueError, match=rf"line 4, column 'grad_norm': '{cell}'.* '_'"):
+            adaclip.tuning.load_record(path)
+    # A column of names is still text, underscores and all.
+    path.write_text("run_name,norm\nbase_1,1\nwide_2,2\n")
+    assert list(adaclip.tuning.load_record(path)["run_name"]) == ["base_1", "wide_2"]
+
+
+def test_sweep_refuses_a_huge_grid_before_building_it():
+    import tracemalloc
+
+    calls = []
+
+    def make_rule(multiplier, decay):
+        calls.append(1)
+        return adaclip.ema(multiplier, decay)
+
+    grid = {"multiplier": np.linspace(1, 3, 10_000), "decay": np.linspace(0.5, 0.99, 10_000)}
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError) as info:
+            adaclip.tuning.sweep(make_rule, np.ones(10), grid)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    message = str(info.value)
+    assert "100,000,000 configurations" in message and "max_configurations=1,000,000" in message
+    assert "10000 multiplier x 10000 decay" in message
+    assert not calls and peak < 20e6  # refused from the sizes: nothing per configuration
+    # The limit is the caller's to raise; at the limit the grid runs.
+    small = {"multiplier": [1.5, 2.0], "decay": [0.5, 0.9]}
+    with pytest.raises(ValueError, match="4 configurations.*max_configurations=3"):
+        adaclip.tuning.sweep(adaclip.ema, np.ones(10), small, max_configurations=3)
+    table = adaclip.tuning.sweep(adaclip.ema, np.ones(10), small, max_configurations=4)
+    np.testing.assert_array_equal(table["decay"], [0.5, 0.9, 0.5, 0.9])
+    with pytest.raises(ValueError, match="max_configurations"):
+        adaclip.tuning.sweep(adaclip.ema, np.ones(10), small, max_configurations=0)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import pathlib
+import stat
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -23,12 +24,39 @@ from adaclip.tuning._specs import RULES, CliError, build_rule, parse_grid, parse
 from adaclip.tuning._summaries import format_table, summarize
 from adaclip.tuning._sweeps import sweep
 
+_FILE_KINDS = (
+    (stat.S_ISDIR, "is a directory, not a file"),
+    (stat.S_ISFIFO, "is a pipe (a named pipe or a process substitution): save the trace to a file"),
+    (stat.S_ISSOCK, "is a socket, not a file"),
+    (stat.S_ISCHR, "is a character device, not a file"),
+    (stat.S_ISBLK, "is a block device, not a file"),
+)
+
+
+def _not_a_file(path: pathlib.Path) -> str | None:
+    """What stops ``path`` being read as a record (None for a regular file), said as what it is."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        if path.is_symlink():
+            return "a broken symbolic link (its target does not exist)"
+        return "no such file"
+    except OSError as e:  # permission denied on a parent, a loop of links, ...
+        return e.strerror or str(e)
+    if stat.S_ISREG(mode):
+        return None
+    for test, what in _FILE_KINDS:
+        if test(mode):
+            return what
+    return "is not a regular file"
+
 
 def read_record(path: str, column: str | None) -> tuple[np.ndarray, str, dict[str, np.ndarray]]:
     """Reads a norm trace from a CSV or .npy file: the statistics, their column, the record."""
     p = pathlib.Path(path)
-    if not p.is_file():
-        raise CliError(f"cannot read {path!r}: no such file")
+    problem = _not_a_file(p)
+    if problem:
+        raise CliError(f"cannot read {path!r}: {problem}")
     try:
         data = load_record(p)
     except (OSError, ValueError) as e:
@@ -137,7 +165,12 @@ def _sweep_command(args: argparse.Namespace) -> int:
     call = parse_rule(args.rule)
     if not args.grid:
         raise CliError("sweep needs at least one --grid NAME=VALUES")
-    grid = dict(parse_grid(g) for g in args.grid)
+    grid: dict[str, list[Any]] = {}
+    for item in args.grid:
+        name, values = parse_grid(item)
+        if name in grid:
+            raise CliError(f"--grid {name} is given more than once")  # no silent last-wins
+        grid[name] = values
     static = [n for n in grid if n in RULES[call.name].static]
     try:  # sweep builds every configuration with its concrete values first
         table = sweep(

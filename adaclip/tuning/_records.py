@@ -11,7 +11,15 @@ from typing import Any
 import jax
 import numpy as np
 
+from adaclip import _validation
+
 _LEAF_COLUMN = re.compile(r"^(.*)\[(\d+)\]$")
+# A number as CSV writers spell it: ASCII digits, one optional sign, point and
+# exponent, or nan / inf / infinity (any case).
+_CSV_NUMBER = re.compile(
+    r"[+-]?(?:(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|nan|inf|infinity)\Z",
+    re.IGNORECASE | re.ASCII,
+)
 
 
 def is_norm_column(name: str) -> bool:
@@ -59,6 +67,18 @@ def write_csv(path: str | pathlib.Path, columns: Mapping[str, Any]) -> pathlib.P
     return path
 
 
+def _refuse_tracers(values: Mapping[str, Any], where: str) -> None:
+    """Raises a TypeError naming the first value that holds a JAX tracer."""
+    for name, value in values.items():
+        if any(_validation.is_traced(leaf) for leaf in jax.tree.leaves(value)):
+            raise TypeError(
+                f"{where} got a traced value for {name!r}: it was called inside jax.jit, "
+                "jax.vmap or another JAX transformation, where it would store one row of "
+                "tracers, not one row per step. Return the metrics from the jitted step "
+                "and record them outside it."
+            )
+
+
 class Recorder:
     """Records per-step clip metrics of a training run, to save as CSV or .npy.
 
@@ -69,9 +89,22 @@ class Recorder:
 
     Metrics record the last *finite* norm on a non-finite step; the recorder
     writes NaN there instead (for every ``norm`` whose ``nonfinite_count``
-    went up at that step, counting from 0 before the first recorded step),
-    so that [`adaclip.replay`][adaclip.replay] over the recorded ``norm`` column sees
-    the same sequence the rule saw in training.
+    went up at that step), so that [`adaclip.replay`][adaclip.replay] over the
+    recorded ``norm`` column sees the same sequence the rule saw in training.
+    Whether the *first* recorded step was non-finite needs the count before
+    it: pass ``initial_metrics=adaclip.metrics(opt_state)`` of the state the
+    recording starts from (fresh or restored from a checkpoint). Without it
+    the count before the first step is unknown, and the first recorded norm
+    is kept as recorded (a recorder started mid-run, after earlier
+    non-finite steps, must not mark it).
+
+    ``record`` is host-side: it refuses traced values (a call inside
+    ``jax.jit``, ``jax.vmap`` or ``jax.lax.scan`` would store one row of
+    tracers). Return the metrics from the jitted step and record them outside.
+
+    Args:
+        initial_metrics: the metrics dict of the optimizer state before the
+            first recorded step, or None.
 
     Examples:
         >>> import jax.numpy as jnp, optax
@@ -86,8 +119,21 @@ class Recorder:
         array([ 5., nan,  1.], dtype=float32)
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, initial_metrics: Mapping[str, Any] | None = None) -> None:
         self._rows: list[dict[str, Any]] = []
+        self._initial_counts: dict[str, np.ndarray] = {}
+        if initial_metrics is not None:
+            if not isinstance(initial_metrics, Mapping):
+                raise TypeError(
+                    "initial_metrics must be a dict of metrics (adaclip.metrics(opt_state)), "
+                    f"got {initial_metrics!r}."
+                )
+            _refuse_tracers(initial_metrics, "Recorder(initial_metrics=...)")
+            self._initial_counts = {
+                name: np.asarray(jax.device_get(value)).astype(np.int64)
+                for name, value in initial_metrics.items()
+                if name == "nonfinite_count" or name.endswith("/nonfinite_count")
+            }
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -97,8 +143,11 @@ class Recorder:
 
         Raises:
             ValueError: the names differ from those of the first step.
+            TypeError: a value is a tracer (``record`` called inside
+                ``jax.jit``, ``jax.vmap`` or another transformation).
         """
         row = {**metrics, **extra}
+        _refuse_tracers(row, "Recorder.record")
         if self._rows and row.keys() != self._rows[0].keys():
             raise ValueError(
                 f"every step must record the same names: got {sorted(row)}, "
@@ -123,7 +172,11 @@ class Recorder:
                 count = out.get(name[: -len("norm")] + "nonfinite_count")
                 if count is None:
                     continue
-                bad = np.diff(count.astype(np.int64), prepend=0) > 0
+                count = count.astype(np.int64)
+                # The count before the first recorded step: given, or unknown
+                # (then the first step's own count, which marks nothing).
+                before = self._initial_counts.get(name[: -len("norm")] + "nonfinite_count")
+                bad = np.diff(count, prepend=count[:1] if before is None else before) > 0
                 norm = out[name].astype(np.float32)
                 norm[bad] = np.nan
                 out[name] = norm
@@ -158,8 +211,10 @@ class Recorder:
 def load_record(path: str | pathlib.Path) -> dict[str, np.ndarray]:
     """Reads a recording back: a CSV file or a ``.npy`` file.
 
-    A CSV file needs a header row. Numeric columns become float64 arrays
-    (empty cells become NaN), other columns arrays of strings; ``name[0]``,
+    A CSV file needs a header row (a UTF-8 byte-order mark before it is
+    skipped). Numeric columns become float64 arrays (empty cells become NaN),
+    other columns arrays of strings; a cell that Python's ``float`` reads but
+    a CSV number is not (``1_000``, non-ASCII digits) is refused. ``name[0]``,
     ``name[1]``, ... columns are gathered into one 2-D array ``name`` of
     shape ``(steps, n_leaves)``. A ``.npy`` file holds either a structured
     array (as [`adaclip.tuning.Recorder.save`][adaclip.tuning.Recorder.save]
@@ -179,8 +234,9 @@ def load_record(path: str | pathlib.Path) -> dict[str, np.ndarray]:
     Raises:
         OSError: the file cannot be read.
         ValueError: the file is not a table this function understands, a
-            column name is duplicated or ambiguous, or a norm column holds a
-            negative value (the message names the column).
+            column name is duplicated or ambiguous, a numeric cell is not
+            spelled as a CSV number, or a norm column holds a negative value
+            (the message names the column).
 
     Examples:
         >>> import pathlib, tempfile
@@ -224,7 +280,8 @@ def _load_npy(path: pathlib.Path) -> dict[str, np.ndarray]:
 
 
 def _load_csv(path: pathlib.Path) -> dict[str, np.ndarray]:
-    with open(path, newline="") as f:
+    # utf-8-sig: a byte-order mark (as spreadsheet programs write) is not part of the first name.
+    with open(path, newline="", encoding="utf-8-sig") as f:
         try:
             rows = list(csv.reader(f))
         except (csv.Error, UnicodeDecodeError) as e:
@@ -237,11 +294,12 @@ def _load_csv(path: pathlib.Path) -> dict[str, np.ndarray]:
         if name in seen:
             raise ValueError(f"{path}: column {name!r} appears more than once in the header.")
         seen.add(name)
+    body_lines = [i + 2 for i, r in enumerate(rows[1:]) if any(c.strip() for c in r)]
     body = [r for r in rows[1:] if any(c.strip() for c in r)]
     for i, r in enumerate(body):
         if len(r) != len(header):
             raise ValueError(
-                f"{path}: line {i + 2} has {len(r)} fields, the header has {len(header)}."
+                f"{path}: line {body_lines[i]} has {len(r)} fields, the header has {len(header)}."
             )
     columns: dict[str, np.ndarray] = {}
     for j, name in enumerate(header):
@@ -250,6 +308,15 @@ def _load_csv(path: pathlib.Path) -> dict[str, np.ndarray]:
             columns[name] = np.asarray([float(c) if c else np.nan for c in cells], np.float64)
         except ValueError:
             columns[name] = np.asarray(cells, dtype=str)
+            continue
+        # float() also takes Python's own spellings ("1_000", non-ASCII digits):
+        # a CSV number is plain ASCII, anything else is refused, never guessed.
+        for i, c in enumerate(cells):
+            if c and not _CSV_NUMBER.match(c):
+                raise ValueError(
+                    f"{path}: line {body_lines[i]}, column {name!r}: {c!r} is not a CSV "
+                    "number (digits, '.', an exponent, nan or inf; no '_' separators)."
+                )
     out: dict[str, Any] = {}
     leaves: dict[str, dict[int, np.ndarray]] = {}
     for name, values in columns.items():

@@ -169,6 +169,11 @@ def _rule_call(node: ast.AST, spec: str) -> RuleCall:
         raise CliError(f"unknown rule {name!r} in {spec!r}; known rules: {', '.join(RULES)}")
     if any(k.arg is None for k in keywords) or any(isinstance(a, ast.Starred) for a in args):
         raise CliError(f"bad rule {spec!r}: no * or ** arguments")
+    seen: set[str] = set()
+    for k in keywords:  # ast.parse keeps both; Python's compiler refuses them
+        if k.arg in seen:
+            raise CliError(f"bad rule {spec!r}: keyword argument repeated: {k.arg}")
+        seen.add(str(k.arg))
     return RuleCall(
         name,
         tuple(_literal(a, spec) for a in args),

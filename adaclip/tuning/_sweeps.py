@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -24,7 +25,13 @@ def _python_value(value: Any) -> Any:
     return value
 
 
-def _grid_product(grid: Mapping[str, Any]) -> list[dict[str, Any]]:
+def _grid_columns(grid: Mapping[str, Any], max_configurations: int) -> list[list[Any]]:
+    """Each grid name's values as a list of Python values, checked; the product's size is bounded.
+
+    The size is checked from the lengths alone, before anything per
+    configuration is built, so an oversized grid fails at once instead of
+    exhausting memory.
+    """
     if not isinstance(grid, Mapping) or not grid:
         raise ValueError(f"grid must be a non-empty dict of name -> values, got {grid!r}.")
     columns = []
@@ -38,7 +45,15 @@ def _grid_product(grid: Mapping[str, Any]) -> list[dict[str, Any]]:
         if not values:
             raise ValueError(f"grid[{name!r}] is empty.")
         columns.append(values)
-    return [dict(zip(grid, combo, strict=True)) for combo in itertools.product(*columns)]
+    size = math.prod(len(c) for c in columns)
+    if size > max_configurations:
+        sizes = " x ".join(f"{len(c)} {name}" for name, c in zip(grid, columns, strict=True))
+        raise ValueError(
+            f"grid has {size:,} configurations ({sizes}), more than max_configurations="
+            f"{max_configurations:,}: sweep a coarser grid, or raise max_configurations "
+            "if the memory and time are there."
+        )
+    return columns
 
 
 def _traced_column(name: str, values: list[Any]) -> np.ndarray:
@@ -68,6 +83,7 @@ def sweep(
     adapt_window: int = 100,
     adapt_tolerance: float = 0.05,
     chunk_size: int = 256,
+    max_configurations: int = 1_000_000,
 ) -> dict[str, np.ndarray]:
     """Replays every configuration of a grid over a trace and tabulates them.
 
@@ -95,13 +111,18 @@ def sweep(
         adapt_window: see [`adaclip.tuning.summarize`][adaclip.tuning.summarize].
         adapt_tolerance: see [`adaclip.tuning.summarize`][adaclip.tuning.summarize].
         chunk_size: configurations replayed at once (bounds memory).
+        max_configurations: the largest grid accepted. A grid's size is
+            checked before anything is built: a million configurations
+            already hold some hundreds of MB of Python values and replay a
+            million traces, and a 10 000 x 10 000 grid would exhaust memory.
 
     Returns:
         A table as a dict of equal-length NumPy columns, one row per
         configuration: ``pandas.DataFrame(table)`` makes a data frame of it.
 
     Raises:
-        TypeError, ValueError: a bad grid, ``static`` name or ``shift_at``, or
+        TypeError, ValueError: a bad grid (or one with more than
+            ``max_configurations`` configurations), ``static`` name or ``shift_at``, or
             a rule argument the rule rejects (with the rule's own message:
             every configuration is built once with concrete values first).
 
@@ -124,33 +145,43 @@ def sweep(
     shift_at = _checks.shift_step(shift_at, int(stats.shape[0]))
     adapt_window, adapt_tolerance = _checks.adapt_args(adapt_window, adapt_tolerance)
     _validation.check_int("chunk_size", chunk_size, low=1, static=True)
+    _validation.check_int("max_configurations", max_configurations, low=1, static=True)
     static = tuple(static)
     unknown = [s for s in static if s not in grid]
     if unknown:
         raise ValueError(f"static names {unknown} are not keys of grid {sorted(grid)}.")
-    rows = _grid_product(grid)
-    for name in grid:  # strings, booleans and None cannot be traced
+    values = _grid_columns(grid, max_configurations)
+    names = list(grid)
+    rows = list(itertools.product(*values))  # tuples in grid order, the last name fastest
+    for j, name in enumerate(names):  # strings, booleans and None cannot be traced
         if name not in static and any(
-            isinstance(row[name], bool) or not isinstance(row[name], int | float) for row in rows
+            isinstance(v, bool) or not isinstance(v, int | float) for v in values[j]
         ):
             static += (name,)
-    dynamic = [k for k in grid if k not in static]
+    static_at = [names.index(k) for k in static]
+    dynamic_at = [j for j, k in enumerate(names) if k not in static]
     for row in rows:  # concrete values: the rule's factory validates them here
-        make_rule(**row)
-    columns = {name: _traced_column(name, [row[name] for row in rows]) for name in dynamic}
+        make_rule(**dict(zip(names, row, strict=True)))
+    columns = {names[j]: _traced_column(names[j], [row[j] for row in rows]) for j in dynamic_at}
 
-    results: list[dict[str, np.ndarray] | None] = [None] * len(rows)
     groups: dict[tuple, list[int]] = {}
     for i, row in enumerate(rows):
-        groups.setdefault(tuple(row[k] for k in static), []).append(i)
+        groups.setdefault(tuple(row[j] for j in static_at), []).append(i)
+
+    results: dict[str, np.ndarray] = {}
+
+    def store(indices: list[int], summary: Mapping[str, Any]) -> None:
+        for k, v in summary.items():
+            if k not in results:
+                results[k] = np.full(len(rows), np.nan, np.float32)
+            results[k][indices] = np.asarray(v)[: len(indices)]
 
     for key, indices in groups.items():
         static_kwargs = dict(zip(static, key, strict=True))
-        if not dynamic:
+        if not dynamic_at:
             trace = replay(make_rule(**static_kwargs), stats)
             summary = jax.device_get(_summary(trace, shift_at, adapt_window, adapt_tolerance))
-            for i in indices:
-                results[i] = summary
+            store(indices, {k: np.full(len(indices), v) for k, v in summary.items()})
             continue
 
         def one(dyn, static_kwargs=static_kwargs):
@@ -160,20 +191,16 @@ def sweep(
         batched = jax.jit(jax.vmap(one))
         for start in range(0, len(indices), chunk_size):
             chunk = indices[start : start + chunk_size]
-            dyn = {name: jnp.asarray(columns[name][chunk]) for name in dynamic}
+            dyn = {name: jnp.asarray(column[chunk]) for name, column in columns.items()}
             # Pad to a full chunk so every chunk reuses one compilation.
             pad = (-len(chunk)) % chunk_size if len(indices) > chunk_size else 0
             if pad:
                 dyn = {k: jnp.concatenate([v, jnp.repeat(v[-1:], pad)]) for k, v in dyn.items()}
-            out = jax.device_get(batched(dyn))
-            for j, i in enumerate(chunk):
-                results[i] = {k: v[j] for k, v in out.items()}
+            store(chunk, jax.device_get(batched(dyn)))
 
-    summaries = [r for r in results if r is not None]
-    assert len(summaries) == len(rows)  # every row belongs to one group
     table: dict[str, np.ndarray] = {}
-    for name in grid:
-        table[name] = np.asarray([row[name] for row in rows])
-    for name in (n for n in SUMMARY_NAMES if n in summaries[0]):
-        table[name] = np.asarray([r[name] for r in summaries], dtype=np.float32)
+    for j, name in enumerate(names):
+        table[name] = np.asarray([row[j] for row in rows])
+    for name in (n for n in SUMMARY_NAMES if n in results):
+        table[name] = results[name]
     return table

@@ -595,11 +595,11 @@ def clip_by_global_norm(
 
         optax's spelling, and the norm relative to the parameters':
 
-        >>> tx = adaclip.clip_by_global_norm(max_norm=0.1, relative=True)
-        >>> params = {"w": jnp.array([30.0, 0.0, 40.0])}
+        >>> tx = adaclip.clip_by_global_norm(max_norm=0.5, relative=True)
+        >>> params = {"w": jnp.array([0.0, 5.0, 0.0])}
         >>> updates, state = tx.update(grads, tx.init(params), params)
         >>> float(state.norm), updates["w"]
-        (0.1, Array([3., 0., 4.], dtype=float32))
+        (1.0, Array([1.5, 0. , 2. ], dtype=float32))
     """
     threshold = _threshold_or_max_norm(threshold, max_norm)
     return _make_clipper(
@@ -722,11 +722,12 @@ def clip_by_leaf_norm(
         Adafactor's update clipping: each leaf's update RMS at most 1,
 
         >>> tx = adaclip.clip_by_leaf_norm(1.0, rms=True)
+        >>> grads = {"a": jnp.full(4, 2.0), "b": jnp.full(4, 0.5)}
         >>> updates, state = tx.update(grads, tx.init(grads))
         >>> state.norm
-        Array([3.535534  , 0.35355338], dtype=float32)
-        >>> updates["a"]
-        Array([0.8485281, 1.1313709], dtype=float32)
+        Array([2. , 0.5], dtype=float32)
+        >>> updates["a"], updates["b"]
+        (Array([1., 1., 1., 1.], dtype=float32), Array([0.5, 0.5, 0.5, 0.5], dtype=float32))
     """
     return _make_clipper(
         _LEAF,

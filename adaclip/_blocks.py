@@ -78,7 +78,9 @@ def normalized_axes(axes: Any, ndim: int, where: str) -> tuple[int, ...]:
     out = []
     for a in items:
         if not -ndim <= int(a) < max(ndim, 1) or (ndim == 0 and int(a) != 0):
-            raise ValueError(f"axis {a} is out of range for a leaf of rank {ndim}, got {axes!r}{where}.")
+            raise ValueError(
+                f"axis {a} is out of range for a leaf of rank {ndim}, got {axes!r}{where}."
+            )
         out.append(int(a) % ndim if ndim else 0)
     if len(set(out)) != len(out):
         raise ValueError(f"axis repeats an axis, got {axes!r}{where}.")

@@ -184,9 +184,7 @@ def _rule_name(rule: Any) -> str:
 def _check_rule_state_size(rule: Any, statistic: jax.ShapeDtypeStruct, blocks: str) -> None:
     """Fails (at init) when the rule's state would not fit the number of blocks."""
     state = jax.eval_shape(rule.init, statistic)
-    nbytes = sum(
-        math.prod(x.shape) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(state)
-    )
+    nbytes = sum(math.prod(x.shape) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(state))
     if nbytes > MAX_RULE_STATE_BYTES:
         kinds = sorted({type(x).__name__ for x in jax.tree.leaves(state, is_leaf=_is_state)})
         n = statistic.shape[0] if statistic.shape else 1

@@ -526,6 +526,7 @@ def block_norms(leaves: Sequence[jax.Array], layout: Layout, axis_name=None, ste
     if not leaves:
         norms = jnp.zeros([layout.size], F32)
         return norms, (step or _nothing)(norms)
+
     def combine(reductions):
         dtype = reductions[0].dtype
         return assemble(reductions, dtype)

@@ -373,9 +373,7 @@ CASES.update(
             tags=frozenset({"contract"}),
             inject=(
                 Inject(
-                    lambda multiplier, eps: G(
-                        adaclip.ema(multiplier, 0.9), relative=True, eps=eps
-                    ),
+                    lambda multiplier, eps: G(adaclip.ema(multiplier, 0.9), relative=True, eps=eps),
                     dict(multiplier=1.5, eps=1e-3),
                     dict(multiplier=0.2, eps=3.0),
                 ),

@@ -621,7 +621,9 @@ def _threshold_or_max_norm(threshold: Any, max_norm: Any) -> Any:
             "clip_by_global_norm needs a threshold (or max_norm, optax's name for it), "
             "got threshold=None."
         )
-    return threshold if threshold is not None else max_norm
+    if threshold is not None:
+        return threshold
+    return as_rule(max_norm, "max_norm", allow_inf=True)  # its errors name max_norm
 
 
 def clip_by_leaf_norm(

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import optax
 
 from adaclip import _validation
-from adaclip._base import F32_MAX, ThresholdRule, as_f32, increment
+from adaclip._base import F32_MAX, ThresholdRule, as_f32, as_rule, increment
 from adaclip._clippers import clip_by_global_norm, clip_by_leaf_norm, clip_by_unit_norm
 from adaclip._combinators import minimum
 from adaclip._ema_rules import zscore
@@ -412,6 +412,7 @@ def agc(
         Brock et al. *High-Performance Large-Scale Image Recognition Without
         Normalization*, 2021. [arXiv:2102.06171](https://arxiv.org/abs/2102.06171)
     """
+    rule = as_rule(clipping, "clipping", allow_inf=True)  # its errors name clipping
     return clip_by_unit_norm(
-        clipping, axis=axis, relative=True, eps=eps, nonfinite=nonfinite, axis_name=axis_name
+        rule, axis=axis, relative=True, eps=eps, nonfinite=nonfinite, axis_name=axis_name
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import jax
 import jax.numpy as jnp
@@ -221,7 +221,7 @@ def _make_clipper(
         with_paths, treedef = jax.tree_util.tree_flatten_with_path(tree)
         paths = [p for p, _ in with_paths]
         leaves = [x for _, x in with_paths]
-        return paths, leaves, treedef, _layout(spec, measure, paths, leaves) if spec.block else None
+        return paths, leaves, treedef, _layout(spec, measure, paths, leaves)
 
     def init_fn(params):
         paths, leaves, _, layout = describe(params)
@@ -335,9 +335,8 @@ def _make_clipper(
             factor = spec.factor(stat_w, bound)
             return factor, threshold, clipped, rule_state, finite, stat
 
-        _, (factor, threshold, clipped, rule_state, finite, stat) = statistic(
-            stat_leaves, axis_name=axis_name, step=step
-        )
+        stepped: Any = statistic(stat_leaves, axis_name=axis_name, step=step)[1]
+        factor, threshold, clipped, rule_state, finite, stat = stepped
         keep_update = jnp.asarray(True) if nonfinite == "propagate" else finite
         new_leaves = [
             spec.clip_leaf(g, leaf_factor, keep_update, dims) if c else g
@@ -364,13 +363,12 @@ def _make_clipper(
 
 
 def _leaf_factors(
-    spec: _ClipperSpec, factor: jax.Array, layout: _numerics.Layout | None, leaves: list
+    spec: _ClipperSpec, factor: jax.Array, layout: _numerics.Layout, leaves: list
 ) -> list[tuple[jax.Array, tuple[int, ...]]]:
     """Each leaf's part of the factor and the leaf axes it spans: a scalar
     (one block per leaf, or the whole tree), or the leaf's units, shaped like
     its kept axes."""
     if spec.block == "unit":
-        assert layout is not None
         out = []
         for x, axes, group in zip(leaves, layout.axes, layout.groups, strict=True):
             shape = layout.kept_shapes[group]
@@ -599,17 +597,16 @@ def clip_by_global_norm(
         >>> float(state.norm), updates["w"]
         (1.0, Array([1.5, 0. , 2. ], dtype=float32))
     """
-    threshold = _threshold_or_max_norm(threshold, max_norm)
     return _make_clipper(
         _GLOBAL,
-        threshold=threshold,
+        threshold=_threshold_or_max_norm(threshold, max_norm),
         nonfinite=nonfinite,
         axis_name=axis_name,
         measure=_Measure(relative=relative, eps=eps, rms=rms),
     )
 
 
-def _threshold_or_max_norm(threshold: Any, max_norm: Any) -> Any:
+def _threshold_or_max_norm(threshold: Any, max_norm: Any) -> ThresholdLike:
     """``threshold``, or optax's name for it, ``max_norm``: exactly one."""
     if threshold is not None and max_norm is not None:
         raise TypeError(
@@ -623,7 +620,7 @@ def _threshold_or_max_norm(threshold: Any, max_norm: Any) -> Any:
         )
     if threshold is not None:
         return threshold
-    return as_rule(max_norm, "max_norm", allow_inf=True)  # its errors name max_norm
+    return as_rule(cast(ThresholdLike, max_norm), "max_norm", allow_inf=True)  # its errors name max_norm
 
 
 def clip_by_leaf_norm(

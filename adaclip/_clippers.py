@@ -620,7 +620,8 @@ def _threshold_or_max_norm(threshold: Any, max_norm: Any) -> ThresholdLike:
         )
     if threshold is not None:
         return threshold
-    return as_rule(cast(ThresholdLike, max_norm), "max_norm", allow_inf=True)  # its errors name max_norm
+    # Validated under its own name, so that an error names max_norm.
+    return as_rule(cast(ThresholdLike, max_norm), "max_norm", allow_inf=True)
 
 
 def clip_by_leaf_norm(

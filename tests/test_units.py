@@ -437,3 +437,57 @@ def test_max_norm_is_optax_spelling_of_threshold():
         adaclip.clip_by_global_norm(1.0, max_norm=1.0)
     with pytest.raises(TypeError, match="needs a threshold"):
         adaclip.clip_by_global_norm()
+
+
+# ------------------------------------------------------------- shard_map
+
+SHARD_MAP_SCRIPT = """
+import os
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+import jax, jax.numpy as jnp, numpy as np, adaclip
+from jax.sharding import PartitionSpec as P
+
+mesh = jax.make_mesh((4,), ("d",))
+rng = np.random.default_rng(0)
+params = {"w": jnp.asarray(rng.normal(size=(8, 3)), jnp.float32),
+          "b": jnp.asarray(rng.normal(size=(8,)), jnp.float32)}
+grads = {"w": jnp.asarray(rng.normal(size=(8, 3)), jnp.float32),
+         "b": jnp.asarray(rng.normal(size=(8,)) * 3, jnp.float32)}
+for make in [lambda **kw: adaclip.agc(0.3, **kw),
+             lambda **kw: adaclip.clip_by_unit_norm(adaclip.ema(1.5, 0.9), rms=True, **kw),
+             lambda **kw: adaclip.clip_by_global_norm(0.2, relative=True, **kw)]:
+    def run(g, p, tx=make(axis_name="d")):
+        state = tx.init(p)
+        for _ in range(3):
+            u, state = tx.update(g, state, p)
+        return u, state.norm
+    f = jax.jit(jax.shard_map(run, mesh=mesh, in_specs=(P("d"), P("d")), out_specs=(P("d"), P())))
+    shard = jax.sharding.NamedSharding(mesh, P("d"))
+    u, norm = f(jax.device_put(grads, shard), jax.device_put(params, shard))
+    ref_u, ref_norm = run(grads, params, make())
+    for k in grads:
+        np.testing.assert_allclose(np.asarray(u[k]), np.asarray(ref_u[k]), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(norm), np.asarray(ref_norm), rtol=1e-6)
+print("OK")
+"""
+
+
+def test_shard_map_sums_each_units_squares_over_the_axis():
+    """Under shard_map with axis_name, every unit split along its reduced
+    axis across 4 devices: AGC, a unit RMS rule and a relative global norm
+    equal the single-device run."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    env.pop("XLA_FLAGS", None)
+    out = subprocess.run(
+        [sys.executable, "-c", SHARD_MAP_SCRIPT],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-4000:]
+    assert "OK" in out.stdout

@@ -213,25 +213,38 @@ def stacked(where: Any, *, stack_axis: int = 0, within: str = "layer") -> Callab
     return axis
 
 
-def encode(names: list[str], kept: list[tuple[int, ...]]) -> dict[str, None]:
+def encode(
+    names: list[str], kept: list[tuple[int, ...]], axes: list[tuple[int, ...]]
+) -> dict[str, None]:
     """The blocks of a per-leaf or unit-wise clipper, as a ``dict`` whose keys
-    are its whole content: ``"<leaf index>:<kept shape>:<path>"``.
+    are its whole content: ``"<leaf index>:<kept shape>:<reduced axes>:<path>"``.
 
     Kept in the clipper's state so that ``adaclip.metrics(state, params)``
-    can name and shape each leaf's entries. Held in the keys (the tree
-    structure), not in arrays, so it is static under ``jax.jit``, costs no
-    memory, and saves and restores with any checkpointer.
+    can name and shape each leaf's entries, and so that ``update`` reduces
+    the axes that ``init`` chose from the whole parameters (inside
+    ``shard_map`` a leaf's local shard may look like a vector). Held in the
+    keys (the tree structure), not in arrays, so it is static under
+    ``jax.jit``, costs no memory, and saves and restores with any
+    checkpointer.
     """
     return {
-        f"{i:06d}:{','.join(map(str, shape))}:{name}": None
-        for i, (name, shape) in enumerate(zip(names, kept, strict=True))
+        f"{i:06d}:{_ints(shape)}:{_ints(ax)}:{name}": None
+        for i, (name, shape, ax) in enumerate(zip(names, kept, axes, strict=True))
     }
 
 
-def decode(blocks: dict[str, None]) -> list[tuple[str, tuple[int, ...]]]:
-    """``(path, kept shape)`` per leaf, in leaf order (see `encode`)."""
+def _ints(xs: tuple[int, ...]) -> str:
+    return ",".join(map(str, xs))
+
+
+def _parse(text: str) -> tuple[int, ...]:
+    return tuple(int(d) for d in text.split(",")) if text else ()
+
+
+def decode(blocks: dict[str, None]) -> list[tuple[str, tuple[int, ...], tuple[int, ...]]]:
+    """``(path, kept shape, reduced axes)`` per leaf, in leaf order (see `encode`)."""
     out = []
     for key in sorted(blocks):
-        _, shape, name = key.split(":", 2)
-        out.append((name, tuple(int(d) for d in shape.split(",")) if shape else ()))
+        _, shape, axes, name = key.split(":", 3)
+        out.append((name, _parse(shape), _parse(axes)))
     return out

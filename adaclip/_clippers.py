@@ -136,14 +136,21 @@ def _check_measure(spec: _ClipperSpec, measure: _Measure) -> None:
         )
 
 
-def _layout(spec: _ClipperSpec, measure: _Measure, paths: list, leaves: list) -> _numerics.Layout:
+def _layout(
+    spec: _ClipperSpec, measure: _Measure, paths: list, leaves: list, blocks: Any = None
+) -> _numerics.Layout:
     """The blocks of the statistic (the gradients' only; `relative` adds the
-    parameters' as a second copy)."""
+    parameters' as a second copy). ``blocks``, the state's record of them,
+    gives a unit-wise clipper the axes that ``init`` chose."""
     shapes = [tuple(np.shape(x)) for x in leaves]
     if spec.block == "unit":
-        axes = tuple(
-            _blocks.reduced_axes(measure.axis, p, x) for p, x in zip(paths, leaves, strict=True)
-        )
+        recorded = _blocks.decode(blocks) if blocks else []
+        if len(recorded) == len(leaves):
+            axes = tuple(ax for _, _, ax in recorded)
+        else:
+            axes = tuple(
+                _blocks.reduced_axes(measure.axis, p, x) for p, x in zip(paths, leaves, strict=True)
+            )
         kept = tuple(
             tuple(shape[d] for d in _numerics.kept_axes(len(shape), a))
             for shape, a in zip(shapes, axes, strict=True)
@@ -217,11 +224,11 @@ def _make_clipper(
     general = spec.block == "unit" or measure.relative or measure.rms
     named = spec.block in ("leaf", "unit")
 
-    def describe(tree):
+    def describe(tree, blocks=None):
         with_paths, treedef = jax.tree_util.tree_flatten_with_path(tree)
         paths = [p for p, _ in with_paths]
         leaves = [x for _, x in with_paths]
-        return paths, leaves, treedef, _layout(spec, measure, paths, leaves)
+        return paths, leaves, treedef, _layout(spec, measure, paths, leaves, blocks)
 
     def init_fn(params):
         paths, leaves, _, layout = describe(params)
@@ -237,7 +244,7 @@ def _make_clipper(
         blocks = None
         if named:
             names = [_blocks.path_name(p) for p in paths]
-            blocks = _blocks.encode(names, list(layout.kept_shapes))
+            blocks = _blocks.encode(names, list(layout.kept_shapes), list(layout.axes))
         # Each field its own buffer, so that the state can be donated.
         return ClipState(
             norm=jnp.zeros(shape, jnp.float32),
@@ -258,7 +265,7 @@ def _make_clipper(
                 "parameters' norm: pass params to update, tx.update(grads, state, params) "
                 "(optax.chain passes them on), got params=None."
             )
-        paths, leaves, treedef, layout = describe(updates)
+        paths, leaves, treedef, layout = describe(updates, state.blocks)
         # Integer, bool and float0 leaves carry no gradient: they count as a
         # zero statistic and pass through untouched.
         clippable = [_is_inexact(g) for g in leaves]

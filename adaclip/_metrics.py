@@ -83,7 +83,7 @@ def _by_leaf(state: ClipState, params: Any, prefix: str) -> dict[str, jax.Array]
     axes."""
     described = _blocks.decode(state.blocks)
     known = {_blocks.path_name(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]}
-    missing = [name for name, _ in described if name not in known]
+    missing = [name for name, _, _ in described if name not in known]
     if missing:
         raise ValueError(
             f"params does not hold the leaves this clipper was initialised with: "
@@ -94,7 +94,7 @@ def _by_leaf(state: ClipState, params: Any, prefix: str) -> dict[str, jax.Array]
     for metric in BLOCK_METRIC_NAMES:
         values = jnp.ravel(_unwrap(getattr(state, metric)))
         start = 0
-        for name, shape in described:
+        for name, shape, _ in described:
             n = math.prod(shape)
             out[f"{prefix}{metric}/{name}"] = jnp.reshape(values[start : start + n], shape)
             start += n

@@ -19,8 +19,11 @@ WITHIN = ("layer", "unit")
 
 def path_name(path: tuple) -> str:
     """A key path as ``"layers/attn/kernel"``: dict keys, sequence indices
-    and attribute names joined by ``/``."""
+    and attribute names joined by ``/``. The attribute ``value`` that a flax
+    ``nnx.Variable`` adds at the end of its leaves' paths is left out."""
     parts = []
+    if path and isinstance(path[-1], jax.tree_util.GetAttrKey) and path[-1].name == "value":
+        path = path[:-1]
     for key in path:
         if isinstance(key, jax.tree_util.DictKey):
             parts.append(str(key.key))

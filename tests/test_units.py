@@ -491,3 +491,22 @@ def test_shard_map_sums_each_units_squares_over_the_axis():
     )
     assert out.returncode == 0, out.stderr[-4000:]
     assert "OK" in out.stdout
+
+
+def test_metrics_by_name_with_flax_nnx():
+    """An nnx.Optimizer's state, named by the model's paths (no ``value``)."""
+    from flax import nnx
+
+    class Model(nnx.Module):
+        def __init__(self, rngs):
+            self.attn = nnx.Linear(3, 4, rngs=rngs)
+
+    model = Model(nnx.Rngs(0))
+    tx = optax.chain(adaclip.clip_by_unit_norm(1.0), optax.sgd(1e-3))
+    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+    grads = nnx.grad(lambda m: jnp.sum(m.attn(jnp.ones((2, 3))) ** 2))(model)
+    optimizer.update(model, grads)
+    m = adaclip.metrics(optimizer.opt_state, nnx.state(model, nnx.Param))
+    kernel = np.asarray(grads["attn"]["kernel"][...], np.float64)
+    np.testing.assert_allclose(m["norm/attn/kernel"], np.linalg.norm(kernel, axis=0), rtol=1e-6)
+    assert m["norm/attn/bias"].shape == ()

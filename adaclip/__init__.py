@@ -3,9 +3,11 @@
 from importlib import metadata as _metadata
 
 from adaclip._base import ThresholdRule as ThresholdRule
+from adaclip._blocks import stacked as stacked
 from adaclip._clippers import ClipState as ClipState
 from adaclip._clippers import clip_by_global_norm as clip_by_global_norm
 from adaclip._clippers import clip_by_leaf_norm as clip_by_leaf_norm
+from adaclip._clippers import clip_by_unit_norm as clip_by_unit_norm
 from adaclip._clippers import clip_by_value as clip_by_value
 from adaclip._combinators import clamp as clamp
 from adaclip._combinators import maximum as maximum
@@ -22,6 +24,7 @@ from adaclip._metrics import metrics as metrics
 from adaclip._quantile import QuantileState as QuantileState
 from adaclip._quantile import quantile as quantile
 from adaclip._recipes import adagc as adagc
+from adaclip._recipes import agc as agc
 from adaclip._recipes import autoclip as autoclip
 from adaclip._recipes import zclip as zclip
 from adaclip._replay import Trace as Trace
@@ -70,11 +73,13 @@ __all__ = [
     "WindowState",
     "ZScoreState",
     "adagc",
+    "agc",
     "autoclip",
     "clamp",
     "clip_by_global_norm",
     "clip_by_leaf_norm",
     "clip_by_second_moment",
+    "clip_by_unit_norm",
     "clip_by_value",
     "decaying",
     "ema",
@@ -92,6 +97,7 @@ __all__ = [
     "scheduled",
     "skip_bad_steps",
     "spam",
+    "stacked",
     "warmup",
     "zclip",
     "zscore",

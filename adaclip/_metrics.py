@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 
+from adaclip import _blocks
 from adaclip._clippers import ClipState
 from adaclip._find import find_states
 from adaclip._skip import SkipState
@@ -70,7 +73,36 @@ def _prefixes(paths: list[tuple]) -> list[str]:
     return [p + "/" for p in prefixes]
 
 
-def metrics(opt_state: Any) -> dict[str, jax.Array]:
+# The metrics that have one entry per block (split by leaf with ``params``).
+BLOCK_METRIC_NAMES = ("norm", "threshold", "clipped", "clip_rate")
+
+
+def _by_leaf(state: ClipState, params: Any, prefix: str) -> dict[str, jax.Array]:
+    """A per-leaf or unit-wise clipper's metrics, one entry per leaf and
+    metric, keyed ``"<metric>/<leaf path>"`` and shaped like the leaf's kept
+    axes."""
+    described = _blocks.decode(state.blocks)
+    known = {_blocks.path_name(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]}
+    missing = [name for name, _, _ in described if name not in known]
+    if missing:
+        raise ValueError(
+            f"params does not hold the leaves this clipper was initialised with: "
+            f"{missing[:3]} not found. Pass the parameters given to init, got a tree "
+            f"with {len(known)} leaves."
+        )
+    out: dict[str, jax.Array] = {}
+    for metric in BLOCK_METRIC_NAMES:
+        values = jnp.ravel(_unwrap(getattr(state, metric)))
+        start = 0
+        for name, shape, _ in described:
+            n = math.prod(shape)
+            out[f"{prefix}{metric}/{name}"] = jnp.reshape(values[start : start + n], shape)
+            start += n
+    out[prefix + "nonfinite_count"] = _unwrap(state.nonfinite_count)
+    return out
+
+
+def metrics(opt_state: Any, params: Any = None) -> dict[str, jax.Array]:
     """The clip and skip metrics of every adaclip state inside an optimizer state.
 
     Finds every [`adaclip.ClipState`][adaclip.ClipState], however deeply nested:
@@ -111,10 +143,25 @@ def metrics(opt_state: Any) -> dict[str, jax.Array]:
         >>> m = adaclip.metrics(state)
         >>> float(m["norm"]), float(m["threshold"]), bool(m["clipped"])
         (5.0, 1.0, True)
+
+        Per-leaf entries, by path:
+
+        >>> tx = adaclip.clip_by_leaf_norm(1.0)
+        >>> params = {"dense": {"kernel": jnp.zeros((2, 2)), "bias": jnp.zeros(2)}}
+        >>> grads = {"dense": {"kernel": jnp.full((2, 2), 2.0), "bias": jnp.zeros(2)}}
+        >>> _, state = tx.update(grads, tx.init(params))
+        >>> m = adaclip.metrics(state, params)
+        >>> sorted(m)[:3]
+        ['clip_rate/dense/bias', 'clip_rate/dense/kernel', 'clipped/dense/bias']
+        >>> float(m["norm/dense/kernel"]), bool(m["clipped/dense/bias"])
+        (4.0, False)
     """
     out: dict[str, jax.Array] = {}
     found = find_states(opt_state, ClipState)
     for prefix, (_, state) in zip(_prefixes([p for p, _ in found]), found, strict=True):
+        if params is not None and state.blocks is not None:
+            out.update(_by_leaf(state, params, prefix))
+            continue
         for name in METRIC_NAMES:
             out[prefix + name] = _unwrap(getattr(state, name))
     skips = find_states(opt_state, SkipState)

@@ -38,6 +38,7 @@ the union of the axes its inputs vary over (see `_vary`).
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -138,7 +139,9 @@ class _Statistic(NamedTuple):
     one per leaf); ``overflowed(first_sums)`` says whether the rescaled pass
     must run; ``statistic(first_sums, last_sums, rescaled, up)`` gives the
     statistic; ``tangent(leaves, tangents, stat)`` is its JVP; ``shape`` is
-    the statistic's shape.
+    the statistic's shape; ``reducers``, where given, replaces
+    ``reduce_leaf`` by one reduction per leaf position (blocks that differ
+    from leaf to leaf).
     """
 
     reduce_leaf: Callable[[jax.Array, jax.Array], Any]
@@ -147,6 +150,11 @@ class _Statistic(NamedTuple):
     statistic: Callable[[jax.Array, jax.Array, jax.Array, float], jax.Array]
     tangent: Callable[[list[jax.Array], list[jax.Array], jax.Array], jax.Array]
     shape: tuple[int, ...]
+    reducers: tuple[Callable[[jax.Array, jax.Array], Any], ...] | None = None
+
+    def reduce(self, i: int, x: jax.Array, scale: jax.Array) -> Any:
+        """Leaf ``i``'s reduction at ``scale``."""
+        return (self.reducers[i] if self.reducers else self.reduce_leaf)(x, scale)
 
 
 def _varying_axes(x: Any) -> frozenset:
@@ -193,16 +201,16 @@ def _loop(leaves, spec: _Statistic, step, dtype, stat_axes: frozenset, step_axes
     down, up = _rescaling(dtype)
     one = jnp.ones([], dtype)
     big = [i for i, x in enumerate(leaves) if x.size > _SMALL_LEAF]
-    big_first = [spec.reduce_leaf(leaves[i], one) for i in big]
+    big_first = [spec.reduce(i, leaves[i], one) for i in big]
 
     def sums_at(trip, scale):
         reductions = {
-            i: spec.reduce_leaf(x, scale) for i, x in enumerate(leaves) if x.size <= _SMALL_LEAF
+            i: spec.reduce(i, x, scale) for i, x in enumerate(leaves) if x.size <= _SMALL_LEAF
         }
         if big:
             again = lax.cond(
                 trip > 0,
-                lambda s: [spec.reduce_leaf(leaves[i], s) for i in big],
+                lambda s: [spec.reduce(i, leaves[i], s) for i in big],
                 lambda s: big_first,
                 scale,
             )
@@ -439,4 +447,113 @@ def global_max_abs(leaves: Sequence[jax.Array], axis_name=None, step=None):
 
     probe = axis_name is None and _may_span_devices()
     spec = _Statistic(reduce_leaf, combine, jnp.isnan, statistic, tangent, ())
+    return _measure(leaves, spec, step or _nothing, axis_name)
+
+
+def _sumsq_over(axes: tuple[int, ...]) -> Callable[[jax.Array, jax.Array], jax.Array]:
+    """``sum(|x * scale|**2)`` over ``axes`` of ``x``, in ``scale``'s dtype:
+    one entry per block, shaped like the axes that are kept."""
+
+    def reduce_leaf(x: jax.Array, scale: jax.Array) -> jax.Array:
+        sums = []
+        for part in _real_parts(x):
+            y = convert(part, scale.dtype)
+            y = lax.mul(y, lax.broadcast_in_dim(scale, y.shape, ()))
+            sums.append(lax.reduce(lax.mul(y, y), jnp.zeros([], y.dtype), lax.add, axes))
+        return functools.reduce(lax.add, sums)
+
+    return reduce_leaf
+
+
+class Layout(NamedTuple):
+    """Which elements of which leaves each block of a statistic covers.
+
+    Leaf ``i`` is reduced over ``axes[i]`` (its other axes, in order, index
+    its blocks) into group ``groups[i]``; leaves of one group add up (their
+    kept shapes are equal). The statistic is the concatenation, group by
+    group (0, 1, ...), of each group's blocks, flattened in C order:
+    ``(sum of the groups' block counts,)``. One group over every leaf
+    reduced whole is the global norm; one group per leaf, the leaf norms;
+    one group per leaf with kept axes, unit norms.
+    """
+
+    axes: tuple[tuple[int, ...], ...]
+    groups: tuple[int, ...]
+    kept_shapes: tuple[tuple[int, ...], ...]  # one per group
+
+    @property
+    def offsets(self) -> list[int]:
+        """Where each group's blocks start in the statistic."""
+        out, at = [], 0
+        for shape in self.kept_shapes:
+            out.append(at)
+            at += math.prod(shape)
+        return out
+
+    @property
+    def size(self) -> int:
+        return sum(math.prod(s) for s in self.kept_shapes)
+
+
+def kept_axes(ndim: int, axes: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(d for d in range(ndim) if d not in axes)
+
+
+def block_norms(leaves: Sequence[jax.Array], layout: Layout, axis_name=None, step=None):
+    """L2 norms of the blocks that ``layout`` describes, ``(layout.size,)``,
+    overflow-safe, in one read of the leaves.
+
+    With ``axis_name`` each block's sum of squares is summed over that mapped
+    axis: the blocks must be split across devices along their reduced axes
+    (every device holds a part of every block). Returns
+    ``(norms, step(norms))`` (see `_measure`).
+    """
+    leaves = list(leaves)
+    offsets = layout.offsets
+
+    def assemble(per_leaf: list[jax.Array], dtype) -> jax.Array:
+        by_group: dict[int, jax.Array] = {}
+        for group, r in zip(layout.groups, per_leaf, strict=True):
+            by_group[group] = r if group not in by_group else lax.add(by_group[group], r)
+        parts = [
+            jnp.ravel(by_group[g]) if g in by_group else jnp.zeros(math.prod(s), dtype)
+            for g, s in enumerate(layout.kept_shapes)
+        ]
+        out = jnp.concatenate(parts) if parts else jnp.zeros([0], dtype)
+        return _psum(out, axis_name)
+
+    reducers = [_sumsq_over(a) for a in layout.axes]
+    if not leaves:
+        norms = jnp.zeros([layout.size], F32)
+        return norms, (step or _nothing)(norms)
+
+    def combine(reductions):
+        dtype = reductions[0].dtype
+        return assemble(reductions, dtype)
+
+    def any_overflow(sums):
+        return jnp.any(jnp.isposinf(sums))
+
+    def statistic(first, last, rescaled, up):
+        return jnp.where(rescaled & jnp.isposinf(first), up * jnp.sqrt(last), jnp.sqrt(first))
+
+    def tangent(leaves, tangents, norms):
+        inv = _inverse(norms)
+        dots = []
+        for i, (x, t) in enumerate(zip(leaves, tangents, strict=True)):
+            axes, group = layout.axes[i], layout.groups[i]
+            shape = layout.kept_shapes[group]
+            start = offsets[group]
+            inv_b = jnp.reshape(inv[start : start + math.prod(shape)], shape)
+            inv_x = lax.broadcast_in_dim(inv_b, x.shape, kept_axes(x.ndim, axes))
+            total = jnp.zeros(shape, norms.dtype)
+            for xp, tp in zip(_real_parts(x), _real_parts(t), strict=True):
+                prod = (xp.astype(norms.dtype) * inv_x) * tp.astype(norms.dtype)
+                total = total + jnp.sum(prod, axis=axes)
+            dots.append(total)
+        return assemble(dots, norms.dtype)
+
+    spec = _Statistic(
+        reducers[0], combine, any_overflow, statistic, tangent, (layout.size,), tuple(reducers)
+    )
     return _measure(leaves, spec, step or _nothing, axis_name)

@@ -19,8 +19,8 @@ import jax.numpy as jnp
 import optax
 
 from adaclip import _validation
-from adaclip._base import F32_MAX, ThresholdRule, as_f32, increment
-from adaclip._clippers import clip_by_global_norm, clip_by_leaf_norm
+from adaclip._base import F32_MAX, ThresholdRule, as_f32, as_rule, increment
+from adaclip._clippers import clip_by_global_norm, clip_by_leaf_norm, clip_by_unit_norm
 from adaclip._combinators import minimum
 from adaclip._ema_rules import zscore
 from adaclip._window_rules import percentile as percentile_rule
@@ -360,3 +360,74 @@ def adagc(
     """
     rule = _adagc_rule(ratio, beta, warmup_steps, warmup_max_norm)
     return clip_by_leaf_norm(rule, nonfinite=nonfinite, axis_name=axis_name)
+
+
+def agc(
+    clipping: Any = 0.01,
+    eps: Any = 1e-3,
+    *,
+    axis: Any = None,
+    nonfinite: str = "skip",
+    axis_name: Any = None,
+) -> optax.GradientTransformationExtraArgs:
+    """AGC: each unit's gradient norm at most ``clipping`` times its parameters'.
+
+    $$g_u \\leftarrow g_u \\cdot \\min\\left(1,
+      \\frac{\\lambda \\max(\\lVert w_u \\rVert_2, \\epsilon)}{\\lVert g_u \\rVert_2}\\right)$$
+
+    with $\\lambda$ = ``clipping``, $\\epsilon$ = ``eps`` and the units of
+    optax's ``unitwise_norm`` (one per output unit of a dense or convolution
+    kernel; a bias or a scale is one unit). This is
+    ``clip_by_unit_norm(clipping, relative=True, eps=eps)``, and equals
+    ``optax.adaptive_grad_clip(clipping, eps)`` on finite inputs; it adds
+    adaclip's metrics (the ratio $\\lVert g_u \\rVert / \\max(\\lVert w_u
+    \\rVert, \\epsilon)$ of every unit), NaN safety, and thresholds from any
+    rule: ``clipping`` may be a schedule or a rule of the ratio, for example
+    AutoClip's percentile, ``agc(adaclip.percentile(10.0, 1000))``. A rule's
+    state is per unit, so its size is bounded at ``init``.
+
+    **Differences from optax.** Norms accumulate in float32 (float64 with a
+    float64 leaf) whatever the leaf's dtype and never overflow. optax divides
+    by $\\max(\\lVert g_u \\rVert, 10^{-6})$, so a gradient whose norm is
+    below $10^{-6}$ and above its bound is cut below the bound; here it is
+    clipped exactly to it. A NaN or infinite gradient zeroes the step's
+    update (``nonfinite="skip"``) instead of spreading NaN.
+
+    Args:
+        clipping: $\\lambda \\ge 0$ (a float, a schedule or a rule of the ratio).
+        eps: $\\epsilon > 0$, the floor of a unit's parameter norm, so that
+            zero-initialised weights still move.
+        axis: the units (see [`adaclip.clip_by_unit_norm`][adaclip.clip_by_unit_norm]).
+        nonfinite: ``"skip"`` or ``"propagate"``.
+        axis_name: the mapped axis the gradients are split over, if any.
+
+    Returns:
+        An ``optax.GradientTransformationExtraArgs`` whose state is a
+        [`adaclip.ClipState`][adaclip.ClipState] with one entry per unit;
+        ``update`` needs the parameters.
+
+    Raises:
+        TypeError, ValueError: a bad argument; at ``update``, no ``params``.
+
+    Examples:
+        >>> import jax.numpy as jnp, optax
+        >>> import adaclip
+        >>> params = {"kernel": jnp.array([[1.0, 0.0], [0.0, 0.0]])}
+        >>> grads = {"kernel": jnp.array([[3.0, 0.3], [4.0, 0.4]])}
+        >>> tx = adaclip.agc(0.1)
+        >>> updates, state = tx.update(grads, tx.init(params), params)
+        >>> print(updates["kernel"].round(6))  # column 1 has zero weights: bound 0.1 * eps
+        [[6.e-02 6.e-05]
+         [8.e-02 8.e-05]]
+        >>> ref, _ = optax.adaptive_grad_clip(0.1).update(grads, None, params)
+        >>> bool(jnp.allclose(updates["kernel"], ref["kernel"]))
+        True
+
+    References:
+        Brock et al. *High-Performance Large-Scale Image Recognition Without
+        Normalization*, 2021. [arXiv:2102.06171](https://arxiv.org/abs/2102.06171)
+    """
+    rule = as_rule(clipping, "clipping", allow_inf=True)  # its errors name clipping
+    return clip_by_unit_norm(
+        rule, axis=axis, relative=True, eps=eps, nonfinite=nonfinite, axis_name=axis_name
+    )

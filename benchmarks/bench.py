@@ -81,6 +81,12 @@ def clippers() -> dict[str, Callable[[], optax.GradientTransformation] | None]:
     if hasattr(adaclip, "clip_by_second_moment"):
         out["adam + v read/write"] = None  # special-cased in make_step
         out["second moment (SPAM)"] = lambda: adaclip.clip_by_second_moment()
+    # Blocks and measures, beside their optax counterparts.
+    out["unit ema"] = lambda: adaclip.clip_by_unit_norm(adaclip.ema(2.0, 0.99))
+    out["agc"] = lambda: adaclip.agc(0.01)
+    out["optax.adaptive_grad_clip"] = lambda: optax.adaptive_grad_clip(0.01)
+    out["leaf rms fixed"] = lambda: adaclip.clip_by_leaf_norm(1.0, rms=True)
+    out["optax.clip_by_block_rms"] = lambda: optax.clip_by_block_rms(1.0)
     return out
 
 
@@ -355,8 +361,12 @@ def _fast_forward(state, step: int, seed: int):
 
 def bench_rules(rounds: int, steps: int, n_params: int = 1_000_000) -> dict:
     """The clip alone, its state at step 1e3, 1e4, 1e5; and the state's size."""
+    # adaclip's clippers alone (AGC needs the parameters: it runs in the
+    # steps' section only).
     configs = {
-        k: v for k, v in clippers().items() if v is not None and k != "optax.clip_by_global_norm"
+        k: v
+        for k, v in clippers().items()
+        if v is not None and not k.startswith("optax.") and k != "agc"
     }
     shapes = leaf_shapes(n_params)
     grads = make_tree(shapes, 0, scale=1e-3)

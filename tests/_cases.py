@@ -64,6 +64,8 @@ CLIPPERS = {
     "global": adaclip.clip_by_global_norm,
     "leaf": adaclip.clip_by_leaf_norm,
     "value": adaclip.clip_by_value,
+    # One unit per leaf on the suites' vectors, several on their matrices.
+    "unit": adaclip.clip_by_unit_norm,
 }
 
 # rule name -> (zero-argument factory, warm-up length).
@@ -135,7 +137,13 @@ def _tags(clipper: str, rule: str) -> set[str]:
         and rule in ("fixed", "scheduled", "percentile", "zscore", "quantile", "min_max")
     ):
         tags.add("multidevice")
-    if rule in ("float", "ema", "moving_average", "percentile", "zscore"):
+    # (Not unit-percentile: its sorted window over the hlo test's 4353 units
+    # needs temporaries of window x units, beyond that test's leaf-size bound,
+    # though nothing gradient-sized.)
+    if rule in ("float", "ema", "moving_average", "percentile", "zscore") and (
+        clipper,
+        rule,
+    ) != ("unit", "percentile"):
         tags.add("hlo")
     if clipper == "global" and rule in _ELEMENTARY:
         tags.add("rule")
@@ -159,6 +167,22 @@ _INJECT = {
             lambda threshold: adaclip.clip_by_value(threshold),
             {"threshold": 1.0},
             {"threshold": 0.3},
+        ),
+    ),
+    "unit-float": (
+        Inject(
+            lambda threshold: adaclip.clip_by_unit_norm(threshold),
+            {"threshold": 1.0},
+            {"threshold": 0.3},
+        ),
+    ),
+    "unit-ema": (
+        Inject(
+            lambda multiplier, decay, warmup_steps: adaclip.clip_by_unit_norm(
+                adaclip.ema(multiplier, decay, warmup_steps=warmup_steps)
+            ),
+            dict(multiplier=2.0, decay=0.9, warmup_steps=2),
+            dict(multiplier=0.2, decay=0.3, warmup_steps=50),
         ),
     ),
     "global-fixed": (
@@ -331,6 +355,57 @@ def _loss(i: int) -> dict:
 
 CASES.update(
     {
+        # Measures relative to the parameters and the RMS (the suites that
+        # pass params to ``update`` run them: contract, donation, jax.grad,
+        # inject, usage).
+        "agc": Case(
+            build=lambda **kw: adaclip.agc(0.01, **kw),
+            tags=frozenset({"contract"}),
+            inject=(
+                Inject(
+                    lambda clipping, eps: adaclip.agc(clipping, eps),
+                    dict(clipping=0.05, eps=1e-3),
+                    dict(clipping=0.5, eps=2.0),
+                ),
+            ),
+        ),
+        "agc-percentile": Case(
+            build=lambda **kw: adaclip.agc(adaclip.percentile(50.0, 4), **kw),
+            tags=frozenset({"contract"}),
+            warmup=4,
+        ),
+        "global-relative-ema": Case(
+            build=lambda **kw: G(adaclip.ema(1.5, 0.9), relative=True, **kw),
+            tags=frozenset({"contract"}),
+            inject=(
+                Inject(
+                    lambda multiplier, eps: G(adaclip.ema(multiplier, 0.9), relative=True, eps=eps),
+                    dict(multiplier=1.5, eps=1e-3),
+                    dict(multiplier=0.2, eps=3.0),
+                ),
+            ),
+        ),
+        "leaf-relative-zscore": Case(
+            build=lambda **kw: adaclip.clip_by_leaf_norm(
+                adaclip.zscore(0.9, 1.5, 3), relative=True, eps=0.1, **kw
+            ),
+            tags=frozenset({"contract"}),
+            warmup=3,
+        ),
+        "leaf-rms-float": Case(
+            build=lambda **kw: adaclip.clip_by_leaf_norm(0.5, rms=True, **kw),
+            tags=frozenset({"contract", "scale"}),
+        ),
+        "global-rms-quantile": Case(
+            build=lambda **kw: G(adaclip.quantile(0.5, initial=2.0), rms=True, **kw),
+            tags=frozenset({"contract", "multidevice"}),
+        ),
+        "unit-rms-ema": Case(
+            build=lambda **kw: adaclip.clip_by_unit_norm(
+                adaclip.ema(1.5, 0.9), axis=0, rms=True, **kw
+            ),
+            tags=frozenset({"contract", "scale", "multidevice"}),
+        ),
         "autoclip": Case(
             build=lambda **kw: adaclip.autoclip(10.0, window=8, **kw),
             tags=_ALL,

@@ -130,11 +130,14 @@ def test_ema_zscore_zero_variance_without_floor_has_finite_derivative():
 def test_every_transformation_differentiates(name):
     """jax.grad through two steps of every transformation runs and is finite."""
 
+    # Parameters for the measures relative to them (the others ignore them).
+    params = jax.tree.map(lambda x: jnp.full_like(x, 0.5), GRADS)
+
     def run(g):
         tx = make(name)
         state = tx.init(g)
-        updates, state = tx.update(g, state)
-        updates, state = tx.update(jax.tree.map(lambda x: 2.0 * x, g), state)
+        updates, state = tx.update(g, state, params)
+        updates, state = tx.update(jax.tree.map(lambda x: 2.0 * x, g), state, params)
         return sum(jnp.sum(u * u) for u in jax.tree.leaves(updates))
 
     grads = jax.jit(jax.grad(run))(GRADS)

@@ -64,8 +64,8 @@ def _clip_state(state):
 def _kind(name):
     if name.startswith("moment-"):
         return "moment"
-    if name.startswith("leaf-") or name == "adagc":
-        return "leaf"
+    if name.startswith(("leaf-", "unit-")) or name == "adagc":
+        return "leaf"  # the unit rows' leaves here are vectors: one unit each
     return "value" if name.startswith("value-") else "global"
 
 

@@ -21,6 +21,7 @@ LAYERS = {
     "adaclip._validation": 0,
     "adaclip._numerics": 0,
     "adaclip._base": 1,
+    "adaclip._blocks": 1,
     "adaclip._schedule_rules": 2,
     "adaclip._ema_rules": 2,
     "adaclip._window_rules": 2,

@@ -274,16 +274,27 @@ def test_flax_nnx_optimizer_with_donation():
 # Equinox: eqx.filter_jit with donate="all-except-first".
 
 
+class _EqxDense(eqx.Module):
+    """An equinox layer in Linen's layout: ``kernel`` is (in, out).
+
+    ``eqx.nn.Linear`` stores (out, in), whose unit-wise blocks (optax's
+    ``unitwise_norm`` reduces axis 0) are the input units, not the output
+    units of the canonical layout: an eqx user of AGC passes ``axis=1``.
+    This test is about ``filter_jit`` and donation, so it keeps one layout.
+    """
+
+    kernel: jax.Array
+    bias: jax.Array
+
+    def __call__(self, x):
+        return x @ self.kernel + self.bias
+
+
 def test_equinox_filter_jit_with_donation():
     init = _init_params()
-    keys = jax.random.split(jax.random.key(0), len(NAMES))
-    model = {}
-    for n, key in zip(NAMES, keys, strict=True):
-        layer = eqx.nn.Linear(N_IN, N_OUT, key=key)
-        layer = eqx.tree_at(
-            lambda m: (m.weight, m.bias), layer, (init[n]["kernel"].T, init[n]["bias"])
-        )
-        model[n] = layer
+    model = {
+        n: _EqxDense(jnp.asarray(init[n]["kernel"]), jnp.asarray(init[n]["bias"])) for n in NAMES
+    }
     tx = _bundle()
     opt_state = tx.init(eqx.filter(model, eqx.is_array))
 
@@ -302,9 +313,25 @@ def test_equinox_filter_jit_with_donation():
     for t in range(STEPS):
         loss, model, opt_state = make_step(_data(t), model, opt_state)
         losses.append(loss)
-    params = {n: {"bias": m.bias, "kernel": m.weight.T} for n, m in model.items()}
+    params = {n: {"bias": m.bias, "kernel": m.kernel} for n, m in model.items()}
     _assert_trained(losses, params)
     _assert_matches(params, _plain_reference()[-1])
+
+
+def test_equinox_linear_units_are_its_input_units():
+    """``eqx.nn.Linear``'s (out, in) weight: ``axis=1`` gives the output
+    units that ``axis=None`` gives a Linen (in, out) kernel."""
+    w = np.random.default_rng(1).standard_normal((N_IN, N_OUT)).astype(np.float32)
+    g = 5.0 * np.random.default_rng(2).standard_normal((N_IN, N_OUT)).astype(np.float32)
+    linen = adaclip.clip_by_unit_norm(0.5, relative=True)
+    eqx_tx = adaclip.clip_by_unit_norm(0.5, relative=True, axis=1)
+    out_linen, _ = linen.update({"w": g}, linen.init({"w": w}), {"w": w})
+    out_eqx, _ = eqx_tx.update({"w": g.T}, eqx_tx.init({"w": w.T}), {"w": w.T})
+    # NumPy: each output unit (column j of the (in, out) kernel).
+    ratio = np.linalg.norm(g, axis=0) / np.maximum(np.linalg.norm(w, axis=0), 1e-3)
+    scale = np.minimum(1.0, 0.5 / ratio)
+    np.testing.assert_allclose(out_linen["w"], g * scale, rtol=1e-5)
+    np.testing.assert_allclose(out_eqx["w"], (g * scale).T, rtol=1e-5)
 
 
 # ----------------------------------------------------------------------------

@@ -17,8 +17,8 @@
 # every step, keyed by the leaf's path (`"norm/blocks/mlp_out/kernel"`, one
 # value per layer), and drawn per layer.
 #
-# Run: `python examples/stacked_transformer.py` (about a minute on 2 CPU
-# cores; writes `stacked_layers.png`); `--smoke` runs a few steps of a
+# Run: `python examples/stacked_transformer.py` (one to two minutes on 2
+# CPU cores; writes `stacked_layers.png`); `--smoke` runs a few steps of a
 # smaller model.
 
 # %%

@@ -26,6 +26,7 @@ them.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable
 from typing import Any, NamedTuple, TypeAlias
 
@@ -296,10 +297,31 @@ def as_rule(
     return constant_rule(threshold)
 
 
+def _is_variable(x: Any) -> bool:
+    # Only a loaded flax can have made a Variable: no import of flax here.
+    nnx = sys.modules.get("flax.nnx")
+    return nnx is not None and isinstance(x, nnx.Variable)
+
+
+def tree_structure(tree: PyTree) -> Any:
+    """The treedef that a clipper records at ``init`` and checks at ``update``.
+
+    A flax ``nnx.Variable`` counts as what it wraps: ``nnx.Optimizer`` calls
+    ``init`` on the model's ``Param`` Variables and ``update`` on their plain
+    arrays (``nnx.as_pure``), the same leaves at the same paths. (Inside
+    ``optax.partition`` or ``optax.masked``, ``init`` gets a Variable around
+    optax's ``MaskedNode`` where ``update`` gets the bare ``MaskedNode``.)
+    """
+    unwrapped = jax.tree.map(
+        lambda x: x.get_value() if _is_variable(x) else x, tree, is_leaf=_is_variable
+    )
+    return jax.tree.structure(unwrapped)
+
+
 def check_structure(name: str, initialised: Any, updates: PyTree) -> None:
     """Raises if ``updates`` is not shaped like the tree ``name`` was initialised on.
 
-    ``initialised`` is the treedef of that tree (``None`` skips the check).
+    ``initialised`` is the `tree_structure` of that tree (``None`` skips the check).
     Equal leaf counts are not enough: a per-leaf state initialised on
     ``{a, b}`` and updated with ``{b, c}`` would clip ``b`` against ``a``'s
     history. Treedefs are static, so this runs at trace time, under ``jax.jit``
@@ -307,7 +329,7 @@ def check_structure(name: str, initialised: Any, updates: PyTree) -> None:
     """
     if initialised is None:
         return
-    got = jax.tree.structure(updates)
+    got = tree_structure(updates)
     if got != initialised:
         raise ValueError(
             f"{name} was initialised on a tree of structure {initialised} but update got a "

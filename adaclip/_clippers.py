@@ -23,6 +23,7 @@ from adaclip._base import (
     reported_threshold,
     saturating_f32,
     step_rule,
+    tree_structure,
 )
 
 # "skip" (the default, kept for the contract) and "zero" are one mode: the
@@ -288,7 +289,7 @@ def _make_clipper(
             names = [_blocks.path_name(p) for p in paths]
             blocks = _blocks.encode(names, list(layout.kept_shapes), list(layout.axes))
         # Each field its own buffer, so that the state can be donated.
-        return _state_type(jax.tree.structure(params))(
+        return _state_type(tree_structure(params))(
             norm=jnp.zeros(shape, jnp.float32),
             threshold=jnp.zeros(shape, jnp.float32),
             clipped=jnp.zeros(shape, jnp.bool_),

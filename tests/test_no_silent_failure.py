@@ -199,6 +199,29 @@ def test_one_transformation_on_two_trees_checks_each_state_against_its_own():
         update(t1, s2)
 
 
+def test_structure_check_sees_through_flax_nnx_variables():
+    """nnx.Optimizer inits on Param Variables and updates with their plain
+    arrays (inside optax.partition: a Variable around a MaskedNode at init, a
+    bare MaskedNode at update): the same tree. Another tree still fails."""
+    nnx = pytest.importorskip("flax.nnx")
+    model = nnx.Dict(a=nnx.Linear(2, 3, rngs=nnx.Rngs(0)), b=nnx.Linear(3, 1, rngs=nnx.Rngs(1)))
+    variables = nnx.state(model, nnx.Param)
+    arrays = nnx.as_pure(variables)
+    for tx in (
+        adaclip.clip_by_leaf_norm(adaclip.ema(2.0, 0.9)),
+        optax.partition(
+            {"x": adaclip.clip_by_unit_norm(1.0), "y": adaclip.clip_by_global_norm(1.0)},
+            lambda tree: jax.tree_util.tree_map_with_path(
+                lambda path, _: "x" if "a" in str(path[0]) else "y", tree
+            ),
+        ),
+    ):
+        state = tx.init(variables)
+        jax.jit(tx.update)(arrays, state, arrays)
+        with pytest.raises(ValueError, match="initialised on a tree"):
+            jax.jit(tx.update)({"a": arrays["a"]}, state)
+
+
 def test_structure_check_survives_tree_utilities_and_checkpoints(tmp_path):
     ocp = pytest.importorskip("orbax.checkpoint")
     serialization = pytest.importorskip("flax.serialization")

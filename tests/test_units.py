@@ -146,6 +146,47 @@ def test_agc_with_a_rule_of_the_ratio():
         np.testing.assert_allclose(post, np.minimum(ratio, expected), rtol=1e-5)
 
 
+def test_agc_without_the_final_layer_equals_optax_masked():
+    """NFNets' practice: every layer clipped but the final linear one. Both
+    spellings (optax.masked, optax.partition with optax.identity) equal
+    optax.masked(optax.adaptive_grad_clip) over steps of SGD under jit; the
+    head's gradient is passed through unchanged, and the metrics name only
+    the clipped leaves."""
+    shapes = {"conv": (3, 3, 2, 4), "conv_b": (4,), "head": (4, 10), "head_b": (10,)}
+    params = _tree(1.0, seed=30, shapes=shapes)
+    mask = {"conv": True, "conv_b": True, "head": False, "head_b": False}
+    labels = {k: "agc" if m else "head" for k, m in mask.items()}
+    ref = optax.chain(standard(optax.masked(optax.adaptive_grad_clip(0.01), mask)), optax.sgd(0.1))
+    spellings = {
+        "masked": optax.masked(adaclip.agc(0.01), mask),
+        "partition": optax.partition({"agc": adaclip.agc(0.01), "head": optax.identity()}, labels),
+    }
+
+    def make_step(tx):
+        def step(p, s, g):
+            u, s = tx.update(g, s, p)
+            return optax.apply_updates(p, u), s, u
+
+        return jax.jit(step, donate_argnums=(1,))
+
+    ref_step = make_step(ref)
+    for name, clip in spellings.items():
+        tx = optax.chain(clip, optax.sgd(0.1))
+        step = make_step(tx)
+        p_ours, s_ours, p_ref, s_ref = params, tx.init(params), params, ref.init(params)
+        for t in range(3):
+            g = _tree(3.0, seed=40 + t, shapes=shapes)
+            p_ours, s_ours, u_ours = step(p_ours, s_ours, g)
+            p_ref, s_ref, u_ref = ref_step(p_ref, s_ref, g)
+            _assert_tree_close(u_ours, u_ref, rtol=1e-6, atol=1e-9)
+            for k in ("head", "head_b"):  # SGD of the raw gradient
+                np.testing.assert_allclose(u_ours[k], -0.1 * np.asarray(g[k]), rtol=1e-6)
+            assert not np.allclose(u_ours["conv"], -0.1 * np.asarray(g["conv"]))
+        _assert_tree_close(p_ours, p_ref, rtol=1e-6)
+        m = adaclip.metrics(s_ours, p_ours)
+        assert {k for k in m if k.startswith("norm/")} == {"norm/conv", "norm/conv_b"}, name
+
+
 # --------------------------------------------------------------- block RMS
 
 

@@ -27,7 +27,22 @@ def _is_number(x: Any) -> bool:
 
 
 class ClampState(NamedTuple):
-    """State of [`adaclip.clamp`][adaclip.clamp]: the states of the rule and of its bounds."""
+    """State of [`adaclip.clamp`][adaclip.clamp]: the states of the rule and of its bounds.
+
+    ``rule`` is the bounded rule's state, ``lower`` and ``upper`` the states
+    of the bounds (a number is a [`adaclip.fixed`][adaclip.fixed] rule, whose
+    state is a [`adaclip.FixedState`][adaclip.FixedState]; an absent bound
+    has the empty state ``()``). Each is the state its rule alone would have:
+    all three see every finite statistic.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> import adaclip
+        >>> rule = adaclip.clamp(adaclip.ema(2.0, 0.9), lower=0.1)
+        >>> state = adaclip.clip_by_global_norm(rule).init({"w": jnp.zeros(2)})
+        >>> state.rule_state
+        ClampState(rule=EmaState(ema=Array(0., dtype=float32), count=Array(0, dtype=int32), run=Array(0, dtype=int32)), lower=FixedState(), upper=())
+    """  # noqa: E501
 
     rule: PyTree
     lower: PyTree  # () when there is no lower bound.
@@ -178,7 +193,27 @@ def maximum(*rules: ThresholdLike) -> ThresholdRule:
 
 
 class WarmupState(NamedTuple):
-    """State of [`adaclip.warmup`][adaclip.warmup]."""
+    """State of [`adaclip.warmup`][adaclip.warmup].
+
+    ``rule`` is the main rule's state and ``during`` the warm-up rule's (a
+    number is a [`adaclip.fixed`][adaclip.fixed] rule): both are fed every
+    finite statistic from step 0. ``count`` is the number of finite steps
+    taken; the threshold is ``during``'s while it is below ``steps``.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> import adaclip
+        >>> rule = adaclip.warmup(adaclip.moving_average(2.0, 4), 2, during=1.0)
+        >>> state = rule.init(jnp.zeros(()))
+        >>> for s in [3.0, 3.0, 3.0]:
+        ...     threshold, state = rule.update(jnp.float32(s), state)
+        ...     print(float(threshold), int(state.count))
+        1.0 1
+        1.0 2
+        6.0 3
+        >>> state.during
+        FixedState()
+    """
 
     rule: PyTree  # the main rule's state (fed from step 0).
     during: PyTree  # the warm-up rule's state.

@@ -224,7 +224,26 @@ def _zclip_rule(
 
 
 class AdaGCState(NamedTuple):
-    """State of AdaGC's rule inside [`adaclip.adagc`][adaclip.adagc]'s ``ClipState``."""
+    """State of AdaGC's rule: the ``rule_state`` of [`adaclip.adagc`][adaclip.adagc]'s
+    [`adaclip.ClipState`][adaclip.ClipState].
+
+    ``gamma`` holds one reference norm per leaf (in the order of
+    ``jax.tree_util.tree_leaves``): during warm-up the smallest post-clip norm
+    the leaf had, then an EMA of its post-clip norms, which the leaf is
+    clipped at ``ratio`` times. ``count`` is the number of finite steps taken,
+    which tells warm-up from the EMA phase.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> import adaclip
+        >>> tx = adaclip.adagc(warmup_steps=2)
+        >>> state = tx.init({"a": jnp.zeros(2), "b": jnp.zeros(3)})
+        >>> state.rule_state
+        AdaGCState(gamma=Array([0., 0.], dtype=float32), count=Array(0, dtype=int32))
+        >>> _, state = tx.update({"a": jnp.full(2, 1.0), "b": jnp.full(3, 1.0)}, state)
+        >>> state.rule_state.gamma, int(state.rule_state.count)
+        (Array([0.6324553 , 0.77459633], dtype=float32), 1)
+    """
 
     gamma: jax.Array  # float32, (n_leaves,): each leaf's reference norm.
     count: jax.Array  # int32, (): finite steps taken so far.

@@ -225,16 +225,19 @@ def warmup(rule: ThresholdLike, steps: Any, during: ThresholdLike) -> ThresholdR
 
     $$c_t = \\begin{cases} d_t & t < T \\\\ r_t & t \\ge T \\end{cases}$$
 
-    with $t$ the number of finite steps taken before this one. Both rules
-    see every finite statistic from step 0, so an adaptive ``rule`` has
-    already learnt the statistic's level when it takes over. ``during`` is
-    typically a fixed threshold, e.g. ``warmup(adaclip.ema(2.0, 0.99), 100,
-    during=1.0)``.
+    with $t$ the number of finite steps taken before this one. This is a
+    fallback bound, not a rule with no bound yet (``docs/concepts.md``,
+    "Before a rule has a bound"): ``during`` bounds the first $T$ finite
+    steps, typically while ``rule`` has none. Both rules see every finite
+    statistic from step 0, so an adaptive ``rule`` has already learnt the
+    statistic's level when it takes over. ``during`` is typically a fixed
+    threshold, e.g. ``warmup(adaclip.ema(2.0, 0.99), 100, during=1.0)``.
 
     Args:
         rule: the rule used from step ``steps`` on (a float, schedule or rule).
-        steps: $T$, an int >= 0 (may be traced).
-        during: the rule used before (a float, schedule or rule).
+        steps: $T$, an int >= 0 (may be traced): ``during`` bounds the first
+            $T$ finite steps.
+        during: the fallback bound used before (a float, schedule or rule).
 
     Returns:
         An [`adaclip.ThresholdRule`][adaclip.ThresholdRule].

@@ -110,9 +110,10 @@ def moving_average(multiplier: Any, window: int, *, feed: str = "raw") -> Thresh
     the seed formula ``threshold = clip_multiplier * moving_average(grad_norms,
     window)``. The current statistic is **not** included: the threshold that
     applies at step $t$ is the average of the $w$ steps before it, so a spike
-    is judged against the past. At step 0 there is no data and nothing is
-    clipped (the threshold reported is the statistic itself); before the
-    window is full the mean is over the steps seen so far. $x_k$ is the raw
+    is judged against the past. No bound yet for the first finite step
+    (there is no data): the threshold reported is the statistic itself and
+    nothing is cut, while the window is fed (``docs/concepts.md``, "Before a rule has a bound").
+    Before the window is full the mean is over the steps seen so far. $x_k$ is the raw
     statistic (``feed="raw"``, the default, as in the seed formula) or the
     clipped one $\\min(s_k, c_k)$ (``feed="clipped"``, which keeps spikes out
     of the average). Non-finite steps never enter the window.

@@ -9,6 +9,8 @@ from adaclip._clippers import clip_by_global_norm as clip_by_global_norm
 from adaclip._clippers import clip_by_leaf_norm as clip_by_leaf_norm
 from adaclip._clippers import clip_by_unit_norm as clip_by_unit_norm
 from adaclip._clippers import clip_by_value as clip_by_value
+from adaclip._combinators import ClampState as ClampState
+from adaclip._combinators import WarmupState as WarmupState
 from adaclip._combinators import clamp as clamp
 from adaclip._combinators import maximum as maximum
 from adaclip._combinators import minimum as minimum
@@ -23,6 +25,7 @@ from adaclip._log_space import log_space as log_space
 from adaclip._metrics import metrics as metrics
 from adaclip._quantile import QuantileState as QuantileState
 from adaclip._quantile import quantile as quantile
+from adaclip._recipes import AdaGCState as AdaGCState
 from adaclip._recipes import adagc as adagc
 from adaclip._recipes import agc as agc
 from adaclip._recipes import autoclip as autoclip
@@ -57,6 +60,8 @@ except _metadata.PackageNotFoundError:  # pragma: no cover - source checkout
     __version__ = "0.0.0"
 
 __all__ = [
+    "AdaGCState",
+    "ClampState",
     "ClipState",
     "EmaState",
     "EmaZScoreState",
@@ -70,6 +75,7 @@ __all__ = [
     "SpamState",
     "ThresholdRule",
     "Trace",
+    "WarmupState",
     "WindowState",
     "ZScoreState",
     "adagc",

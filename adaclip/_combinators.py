@@ -27,7 +27,22 @@ def _is_number(x: Any) -> bool:
 
 
 class ClampState(NamedTuple):
-    """State of [`adaclip.clamp`][adaclip.clamp]: the states of the rule and of its bounds."""
+    """State of [`adaclip.clamp`][adaclip.clamp]: the states of the rule and of its bounds.
+
+    ``rule`` is the bounded rule's state, ``lower`` and ``upper`` the states
+    of the bounds (a number is a [`adaclip.fixed`][adaclip.fixed] rule, whose
+    state is a [`adaclip.FixedState`][adaclip.FixedState]; an absent bound
+    has the empty state ``()``). Each is the state its rule alone would have:
+    all three see every finite statistic.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> import adaclip
+        >>> rule = adaclip.clamp(adaclip.ema(2.0, 0.9), lower=0.1)
+        >>> state = adaclip.clip_by_global_norm(rule).init({"w": jnp.zeros(2)})
+        >>> state.rule_state
+        ClampState(rule=EmaState(ema=Array(0., dtype=float32), count=Array(0, dtype=int32), run=Array(0, dtype=int32)), lower=FixedState(), upper=())
+    """  # noqa: E501
 
     rule: PyTree
     lower: PyTree  # () when there is no lower bound.
@@ -178,7 +193,27 @@ def maximum(*rules: ThresholdLike) -> ThresholdRule:
 
 
 class WarmupState(NamedTuple):
-    """State of [`adaclip.warmup`][adaclip.warmup]."""
+    """State of [`adaclip.warmup`][adaclip.warmup].
+
+    ``rule`` is the main rule's state and ``during`` the warm-up rule's (a
+    number is a [`adaclip.fixed`][adaclip.fixed] rule): both are fed every
+    finite statistic from step 0. ``count`` is the number of finite steps
+    taken; the threshold is ``during``'s while it is below ``steps``.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> import adaclip
+        >>> rule = adaclip.warmup(adaclip.moving_average(2.0, 4), 2, during=1.0)
+        >>> state = rule.init(jnp.zeros(()))
+        >>> for s in [3.0, 3.0, 3.0]:
+        ...     threshold, state = rule.update(jnp.float32(s), state)
+        ...     print(float(threshold), int(state.count))
+        1.0 1
+        1.0 2
+        6.0 3
+        >>> state.during
+        FixedState()
+    """
 
     rule: PyTree  # the main rule's state (fed from step 0).
     during: PyTree  # the warm-up rule's state.
@@ -190,16 +225,19 @@ def warmup(rule: ThresholdLike, steps: Any, during: ThresholdLike) -> ThresholdR
 
     $$c_t = \\begin{cases} d_t & t < T \\\\ r_t & t \\ge T \\end{cases}$$
 
-    with $t$ the number of finite steps taken before this one. Both rules
-    see every finite statistic from step 0, so an adaptive ``rule`` has
-    already learnt the statistic's level when it takes over. ``during`` is
-    typically a fixed threshold, e.g. ``warmup(adaclip.ema(2.0, 0.99), 100,
-    during=1.0)``.
+    with $t$ the number of finite steps taken before this one. This is a
+    fallback bound, not a rule with no bound yet (``docs/concepts.md``,
+    "Before a rule has a bound"): ``during`` bounds the first $T$ finite
+    steps, typically while ``rule`` has none. Both rules see every finite
+    statistic from step 0, so an adaptive ``rule`` has already learnt the
+    statistic's level when it takes over. ``during`` is typically a fixed
+    threshold, e.g. ``warmup(adaclip.ema(2.0, 0.99), 100, during=1.0)``.
 
     Args:
         rule: the rule used from step ``steps`` on (a float, schedule or rule).
-        steps: $T$, an int >= 0 (may be traced).
-        during: the rule used before (a float, schedule or rule).
+        steps: $T$, an int >= 0 (may be traced): ``during`` bounds the first
+            $T$ finite steps.
+        during: the fallback bound used before (a float, schedule or rule).
 
     Returns:
         An [`adaclip.ThresholdRule`][adaclip.ThresholdRule].

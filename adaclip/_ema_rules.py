@@ -88,10 +88,11 @@ def ema(
 
     The current statistic is **not** part of the average that sets its own
     threshold: $c_t$ uses steps $0..t-1$ only, so a spike is measured
-    against the past. At step 0 there is no data yet and nothing is clipped;
-    for the first ``max(warmup_steps, 1)`` steps the threshold reported is
-    the statistic itself (nothing is clipped) while the EMA is still fed.
-    Non-finite steps are not counted and never enter the EMA.
+    against the past. No bound yet for the first ``max(warmup_steps, 1)``
+    finite steps (at step 0 there is no data): the threshold reported is the
+    statistic itself and nothing is cut, while the EMA is fed
+    (``docs/concepts.md``, "Before a rule has a bound"). Non-finite steps
+    are not counted and never enter the EMA.
 
     **No absorbing state.** A zero statistic carries no scale: an entry
     whose EMA is exactly 0 (every statistic it was fed so far was 0, or a
@@ -116,7 +117,8 @@ def ema(
         decay: $\\beta \\in [0, 1)$, also after rounding to float32 (so
             ``0.99999999``, which rounds to 1, is rejected); the average spans
             about $1/(1-\\beta)$ steps.
-        warmup_steps: int >= 0, steps during which nothing is clipped.
+        warmup_steps: an int >= 0: no bound yet for the first
+            ``max(warmup_steps, 1)`` finite steps.
         feed: ``"clipped"`` or ``"raw"``, what enters the EMA.
 
     Returns:
@@ -216,10 +218,11 @@ def zscore(
 ) -> ThresholdRule:
     """ZClip's rule: clip statistics that are outliers against an EMA mean and variance.
 
-    **Warm-up.** For the first $W$ = ``warmup_steps`` steps nothing is cut
-    (the threshold reported is the statistic itself); the statistics are
-    summarised into their mean $\\mu$ and *population* variance $\\sigma^2$
-    (running sums, so $W$ may be traced).
+    **Warm-up.** No bound yet for the first $W$ = ``warmup_steps`` finite
+    steps: the threshold reported is the statistic itself and nothing is
+    cut, while the statistics are summarised into their mean $\\mu$ and
+    *population* variance $\\sigma^2$ (running sums, so $W$ may be traced)
+    (``docs/concepts.md``, "Before a rule has a bound").
 
     **After warm-up**, with $\\sigma = \\sqrt{v}$, $z_t = (s_t - \\mu) /
     (\\sigma + 10^{-6})$ and $z^\\ast$ = ``z_thresh``:
@@ -258,7 +261,8 @@ def zscore(
     Args:
         alpha: EMA factor $\\alpha \\in (0, 1)$.
         z_thresh: $z^\\ast > 0$.
-        warmup_steps: $W$, an int >= 1 (may be traced).
+        warmup_steps: $W$, an int >= 1 (may be traced): no bound yet for the
+            first $W$ finite steps.
         mode: ``"zscore"`` or ``"percentile"``.
         clip_option: ``"adaptive_scaling"`` or ``"mean"`` (``mode="zscore"`` only).
         clip_factor: $k > 0$, scales the adaptive bound.

@@ -109,14 +109,16 @@ def ema_zscore(
 
     with $f$ = ``std_floor``, raised to $\\sqrt{\\epsilon_{32}}\\,|\\mu|$
     (3.5e-4 of the mean: below that the float32 variance is rounding noise)
-    ($w = 1 - \\beta^n$ after $n$ steps: the
-    bias correction of Adam). The bound applies once $w$ exceeds
-    ``min_weight``; before that nothing is cut (the threshold reported is the
-    statistic itself). Then $m \\leftarrow \\beta m + (1-\\beta) x_t$,
-    likewise $q$ with $x_t^2$ and $w$ with 1, where $x_t = \\min(s_t, c_t)$
-    with ``feed="clipped"`` (from the first step on, whether or not the
-    bound applies yet) or $x_t = s_t$ with ``feed="raw"``. A NaN or
-    infinite statistic never enters the EMAs.
+    ($w = 1 - \\beta^n$ after $n$ steps: the bias correction of Adam). No
+    bound yet for the first finite steps until $w$ exceeds $\\omega$ =
+    ``min_weight`` (the smallest $n$ with $1 - \\beta^n > \\omega$, about
+    $\\log(1-\\omega)/\\log\\beta$): the threshold reported is the statistic
+    itself and nothing is cut, while the EMAs are fed (``docs/concepts.md``,
+    "Before a rule has a bound"). Then
+    $m \\leftarrow \\beta m + (1-\\beta) x_t$, likewise $q$ with $x_t^2$ and
+    $w$ with 1, where $x_t = \\min(s_t, c_t)$ with ``feed="clipped"`` (from
+    the first step on, whether or not the bound applies yet) or $x_t = s_t$
+    with ``feed="raw"``. A NaN or infinite statistic never enters the EMAs.
 
     **No absorbing state.** The clipped feed is adaclip's shared one
     (``docs/robustness.md``): an entry cut on $K = \\lceil 8/(1-\\beta)
@@ -143,9 +145,9 @@ def ema_zscore(
     Args:
         sigma: $\\sigma > 0$ (may be traced).
         decay: $\\beta \\in [0, 1)$ (may be traced).
-        min_weight: a number in [0, 1): the bound applies once $w$ exceeds
-            it, after about $\\log(1 - \\text{min\\_weight}) / \\log\\beta$
-            steps (may be traced). It must lie below the largest weight
+        min_weight: $\\omega$, a number in [0, 1) (may be traced): no bound
+            yet for the first finite steps until $w$ exceeds it, about
+            $\\log(1 - \\omega) / \\log\\beta$ of them. It must lie below the largest weight
             the float32 EMA of 1 reaches for this decay (0.99970 at decay
             0.9999, 0.997 at 0.99999), or the rule could never act. The
             default, 0.999 (about 6.9 spans), is set from runs: with

@@ -131,16 +131,17 @@ def zclip(
     """ZClip: clip global-norm spikes detected by a z-score against an EMA.
 
     [`adaclip.clip_by_global_norm`][adaclip.clip_by_global_norm] with
-    [`adaclip.zscore`][adaclip.zscore] (see it
-    for the maths) under the cap ``max_norm``, ZClip's ``max_grad_norm``:
-    the bound applied at step $t$ is $\\min(c_t, M)$ with $c_t$ the z-score
-    bound on a spike and the norm itself otherwise, and the gradient is
-    scaled by $\\min(c_t, M) / (\\lVert g_t\\rVert + 10^{-6})$ when the norm
-    exceeds it. During the ``warmup_steps`` steps only the cap applies; with
-    ``max_norm=None`` nothing is clipped during warm-up. Defaults are
+    [`adaclip.zscore`][adaclip.zscore] (see it for the maths) under the cap
+    ``max_norm``, ZClip's ``max_grad_norm``: the bound applied at step $t$
+    is $\\min(c_t, M)$ with $c_t$ the z-score bound on a spike and the norm
+    itself otherwise, and the gradient is scaled by
+    $\\min(c_t, M) / (\\lVert g_t\\rVert + 10^{-6})$ when the norm exceeds it. The z-score
+    rule has no bound yet for the first ``warmup_steps`` finite steps
+    (``docs/concepts.md``, "Before a rule has a bound"), so only the cap
+    applies then; with ``max_norm=None`` nothing is cut then. Defaults are
     ZClip's (Kumar et al. 2025). With the default cap of 1.0 the recipe
-    mostly behaves like fixed clipping at 1.0 when norms are above 1, as
-    the original does; pass ``max_norm=None`` for the purely adaptive rule.
+    mostly behaves like fixed clipping at 1.0 when norms are above 1, as the
+    original does; pass ``max_norm=None`` for the purely adaptive rule.
 
     On finite inputs the post-clip norms are the original's step for step
     (during warm-up ZClip uses torch's ``min(1, M / (norm + 1e-6))``, which
@@ -158,7 +159,8 @@ def zclip(
     Args:
         alpha: EMA factor in (0, 1).
         z_thresh: z-score threshold, > 0.
-        warmup_steps: int >= 1 (may be traced).
+        warmup_steps: an int >= 1 (may be traced): the z-score rule has no
+            bound yet for the first ``warmup_steps`` finite steps.
         max_norm: the cap $M \\ge 0$, or None for no cap.
         mode: ``"zscore"`` or ``"percentile"``.
         clip_option: ``"adaptive_scaling"`` or ``"mean"``.
@@ -224,7 +226,26 @@ def _zclip_rule(
 
 
 class AdaGCState(NamedTuple):
-    """State of AdaGC's rule inside [`adaclip.adagc`][adaclip.adagc]'s ``ClipState``."""
+    """State of AdaGC's rule: the ``rule_state`` of [`adaclip.adagc`][adaclip.adagc]'s
+    [`adaclip.ClipState`][adaclip.ClipState].
+
+    ``gamma`` holds one reference norm per leaf (in the order of
+    ``jax.tree_util.tree_leaves``): during warm-up the smallest post-clip norm
+    the leaf had, then an EMA of its post-clip norms, which the leaf is
+    clipped at ``ratio`` times. ``count`` is the number of finite steps taken,
+    which tells warm-up from the EMA phase.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> import adaclip
+        >>> tx = adaclip.adagc(warmup_steps=2)
+        >>> state = tx.init({"a": jnp.zeros(2), "b": jnp.zeros(3)})
+        >>> state.rule_state
+        AdaGCState(gamma=Array([0., 0.], dtype=float32), count=Array(0, dtype=int32))
+        >>> _, state = tx.update({"a": jnp.full(2, 1.0), "b": jnp.full(3, 1.0)}, state)
+        >>> state.rule_state.gamma, int(state.rule_state.count)
+        (Array([0.6324553 , 0.77459633], dtype=float32), 1)
+    """
 
     gamma: jax.Array  # float32, (n_leaves,): each leaf's reference norm.
     count: jax.Array  # int32, (): finite steps taken so far.
@@ -292,12 +313,13 @@ def adagc(
 ) -> optax.GradientTransformationExtraArgs:
     """AdaGC: per-leaf clipping against each leaf's own EMA of clipped norms.
 
-    For the first $W$ = ``warmup_steps`` steps the whole tree is clipped by
-    its global norm $G_t$ at $M$ = ``warmup_max_norm`` (PyTorch's
-    $\\min(1, M / (G_t + 10^{-6}))$), and each leaf's reference norm
-    $\\gamma_i$ is the running minimum of its post-clip norm. After warm-up,
-    with $r$ = ``ratio`` and $\\beta$ = ``beta``, each leaf $i$ is clipped
-    on its own:
+    For the first $W$ = ``warmup_steps`` finite steps the per-leaf rule has
+    no bound yet, and a fallback bound stands in (``docs/concepts.md``,
+    "Before a rule has a bound"): the whole tree is clipped by its global
+    norm $G_t$ at $M$ = ``warmup_max_norm`` (PyTorch's
+    $\\min(1, M / (G_t + 10^{-6}))$), and each leaf's reference norm $\\gamma_i$ is the running
+    minimum of its post-clip norm. After warm-up, with $r$ = ``ratio`` and
+    $\\beta$ = ``beta``, each leaf $i$ is clipped on its own:
 
     $$g_i \\leftarrow g_i \\cdot \\frac{r\\gamma_i}{\\lVert g_i\\rVert + 10^{-6}}
       \\ \\text{ if } \\lVert g_i\\rVert > r\\gamma_i,\\qquad
@@ -336,7 +358,9 @@ def adagc(
     Args:
         ratio: $r > 0$.
         beta: $\\beta \\in [0, 1)$.
-        warmup_steps: $W$, an int >= 0 (may be traced).
+        warmup_steps: $W$, an int >= 0 (may be traced): the per-leaf rule has
+            no bound yet for the first $W$ finite steps (``warmup_max_norm``
+            stands in).
         warmup_max_norm: $M \\ge 0$, the global threshold during warm-up.
         nonfinite: ``"skip"`` (zero the clipper's output) or ``"propagate"``.
         axis_name: the mapped axis the gradients are split over, if any.

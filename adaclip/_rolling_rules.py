@@ -44,13 +44,15 @@ def rolling_zscore(
       \\quad\\text{once } n_t \\ge h,$$
 
     with $d$ = ``ddof`` (0: the population standard deviation) and $h$ =
-    ``min_history``. Until $h$ statistics exist there is no bound: the
-    threshold reported is the statistic itself. ``feed="raw"`` (the
-    default) puts every finite statistic into the window, spikes included,
-    as Levanter and OLMo-core do; ``feed="clipped"`` puts
-    $\\min(s_t, c_t)$, so a spike cannot widen the band it is judged by.
-    A NaN or infinite statistic never enters the window (nor counts towards
-    $h$). Element-wise: a per-leaf statistic gets one window per leaf.
+    ``min_history``. No bound yet for the first $h$ finite steps (until $h$
+    statistics are held): the threshold reported is the statistic itself and
+    nothing is cut, while the window is fed (``docs/concepts.md``, "Before a
+    rule has a bound"). ``feed="raw"`` (the default) puts every finite
+    statistic into the window, spikes included, as Levanter and OLMo-core
+    do; ``feed="clipped"`` puts $\\min(s_t, c_t)$, so a spike cannot widen
+    the band it is judged by. A NaN or infinite statistic never enters the
+    window (nor counts towards $h$). Element-wise: a per-leaf statistic gets
+    one window per leaf.
 
     This is the spike test of Levanter's ``SkipStepConfig`` and OLMo-core's
     ``SkipStepOptimizer``, for the loss or the gradient norm. Used in
@@ -82,8 +84,9 @@ def rolling_zscore(
     Args:
         sigma: $\\sigma > 0$ (may be traced).
         window: $w$, a Python int >= 1 (static: it sets the buffer's size).
-        min_history: $h$, an int >= 1 (may be traced); default
-            ``max(window // 2, 2)``.
+        min_history: $h$, an int in [1, ``window``] (may be traced; default
+            ``max(window // 2, 2)``): no bound yet for the first $h$ finite
+            steps.
         feed: ``"raw"`` or ``"clipped"``, what enters the window.
         ddof: 0 (population standard deviation, Levanter) or 1 (sample
             standard deviation, torch's default, OLMo-core).

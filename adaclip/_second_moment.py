@@ -93,8 +93,9 @@ def clip_by_second_moment(
     [`adaclip.spam`][adaclip.spam] is the whole SPAM optimizer, with its
     momentum resets.
 
-    **Warm-up.** Nothing is clipped during the first ``warmup_steps`` finite
-    steps (while $v$ is still mostly its zero start). SPAM's ``grad_accu_steps``
+    **Warm-up.** No bound yet for the first ``warmup_steps`` finite steps
+    (while $v$ is still mostly its zero start): nothing is cut, while $v$ is
+    fed (``docs/concepts.md``, "Before a rule has a bound"). SPAM's ``grad_accu_steps``
     $G$ clips from its $G$-th step, i.e. ``warmup_steps = G - 1``; the
     default 19 is SPAM's $G = 20$.
 
@@ -136,8 +137,8 @@ def clip_by_second_moment(
             optax schedule of the step count. Not a rule: a rule's state
             would be needed per element, as large as the parameters.
         b2: the decay of $v$, in [0, 1); Adam's ``b2`` to match its ``nu``.
-        warmup_steps: int >= 0, steps with no bound (SPAM's
-            ``grad_accu_steps - 1``).
+        warmup_steps: an int >= 0: no bound yet for the first
+            ``warmup_steps`` finite steps (SPAM's ``grad_accu_steps - 1``).
         nonfinite: ``"skip"`` or ``"propagate"``.
 
     Returns:
@@ -411,7 +412,8 @@ def spam(
         eps: added to $\\sqrt{v}$, >= 0.
         weight_decay: $\\lambda$ >= 0 (``update`` then needs ``params``).
         threshold: SPAM's $\\theta$, a float or a schedule.
-        warmup_steps: steps with no clipping at the start (SPAM's ``grad_accu_steps - 1``).
+        warmup_steps: an int >= 0: no bound yet for the first ``warmup_steps``
+            finite steps (SPAM's ``grad_accu_steps - 1``).
         reset_interval: SPAM's ``DeltaT``, an int >= 0 (0: never reset).
         lr_ramp_steps: SPAM's ``warmup_steps``: the learning-rate ramp after a reset.
         nonfinite: ``"skip"`` or ``"propagate"``, as for the clipper.

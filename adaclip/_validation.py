@@ -27,10 +27,11 @@ import jax.numpy as jnp
 import numpy as np
 
 INT32_MAX = int(np.iinfo(np.int32).max)
-# The largest window: window lengths enter float32 arithmetic (the moving
-# average divides by the number of statistics held, the percentile's rank is
-# a float32 multiple of it), and float32 represents every integer only up to
-# 2**24. The ring buffer of a scalar statistic is then at most 64 MiB.
+# The largest window: the moving average divides by the number of statistics
+# held in float32, which represents every integer only up to 2**24, and the
+# percentile's integer position arithmetic needs 100 * (window - 1) < 2**31
+# (adaclip._window_rules._float32_rank). The ring buffer of a scalar
+# statistic is then at most 64 MiB.
 MAX_WINDOW = 2**24
 
 

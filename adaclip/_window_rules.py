@@ -6,6 +6,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from adaclip import _validation
@@ -109,9 +110,10 @@ def moving_average(multiplier: Any, window: int, *, feed: str = "raw") -> Thresh
     the seed formula ``threshold = clip_multiplier * moving_average(grad_norms,
     window)``. The current statistic is **not** included: the threshold that
     applies at step $t$ is the average of the $w$ steps before it, so a spike
-    is judged against the past. At step 0 there is no data and nothing is
-    clipped (the threshold reported is the statistic itself); before the
-    window is full the mean is over the steps seen so far. $x_k$ is the raw
+    is judged against the past. No bound yet for the first finite step
+    (there is no data): the threshold reported is the statistic itself and
+    nothing is cut, while the window is fed (``docs/concepts.md``, "Before a rule has a bound").
+    Before the window is full the mean is over the steps seen so far. $x_k$ is the raw
     statistic (``feed="raw"``, the default, as in the seed formula) or the
     clipped one $\\min(s_k, c_k)$ (``feed="clipped"``, which keeps spikes out
     of the average). Non-finite steps never enter the window.
@@ -123,8 +125,8 @@ def moving_average(multiplier: Any, window: int, *, feed: str = "raw") -> Thresh
     Args:
         multiplier: $m > 0$.
         window: $w$, a Python int in [1, 2**24] (static: it sets the buffer's
-            size; the count of statistics held is computed in float32, exact
-            up to 2**24).
+            size; the mean divides by the count of statistics held in
+            float32, which holds every count up to 2**24 exactly).
         feed: ``"raw"`` or ``"clipped"``, what enters the window.
 
     Returns:
@@ -222,12 +224,84 @@ def _sorted_replace(sorted_: jax.Array, old: jax.Array, new: jax.Array) -> jax.A
     return jnp.where(idx < at_new, removed, jnp.where(idx == at_new, new, shifted_right))
 
 
+def _float32_rank(n: jax.Array, p: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The position ``p / 100 * (n - 1)`` for a float32 ``p`` in [0, 100],
+    split into its integer part (int32) and its fraction (float32, in [0, 1]);
+    ``1 <= n <= 2**24``.
+
+    The product is formed exactly, in integers: float32 cannot hold it (near
+    ``n = 2**24``, ``p * (n - 1)`` is spaced 64 apart, so a fraction computed
+    from it is off by up to 0.64). Write ``p`` as $M \\cdot 2^{-k}$ with an
+    integer mantissa $M < 2^{24}$ ($k \\ge 17$, as $p \\le 100$). Then
+    $(n - 1) M < 2^{48}$ is assembled in two 24-bit limbs from four products
+    of 12-bit halves, each of which int32 holds exactly; its bits above $2^k$
+    are $\\lfloor p (n - 1) \\rfloor < 100 \\cdot 2^{24} < 2^{31}$, whose
+    quotient and remainder by 100 give the position's integer part and, with
+    the bits below $2^k$, its fraction. Only the fraction is rounded, to
+    float32 (for $p < 1$ the bits below $2^k$ are also summed in float32).
+    A NaN ``p`` gives a NaN fraction.
+    """
+    m, e = jnp.frexp(p)  # p = m * 2**e, m in [0.5, 1) (or 0)
+    mant = (m * 2.0**24).astype(jnp.int32)  # exact: an integer below 2**24
+    k = 24 - e  # p = mant * 2**-k
+    a = n - 1
+    a_hi, a_lo = a >> 12, a & 0xFFF
+    m_hi, m_lo = mant >> 12, mant & 0xFFF
+    # (n - 1) * mant = s1 * 2**24 + s0, s0 < 2**24; every partial sum < 2**26.
+    mid = a_hi * m_lo + a_lo * m_hi  # weight 2**12
+    low = a_lo * m_lo + ((mid & 0xFFF) << 12)  # weight 1
+    s0 = low & 0xFFFFFF
+    s1 = a_hi * m_hi + (mid >> 12) + (low >> 24)  # weight 2**24
+    # Shift right by k: floor(p * (n - 1)), and the bits shifted out.
+    up = jnp.clip(24 - k, 0, 31)
+    down = jnp.clip(k - 24, 0, 31)
+    whole = ((s1 << up) >> down) + (s0 >> jnp.minimum(k, 31))
+    below0 = s0 & ((1 << jnp.clip(k, 0, 24)) - 1)
+    below1 = s1 & ((1 << jnp.clip(k - 24, 0, 30)) - 1)
+    shifted_out = jnp.ldexp(below0.astype(jnp.float32), -k) + jnp.ldexp(
+        below1.astype(jnp.float32), 24 - k
+    )
+    lo = whole // 100
+    frac = ((whole - 100 * lo).astype(jnp.float32) + shifted_out) / 100.0
+    return lo, jnp.where(jnp.isnan(p), jnp.nan, jnp.clip(frac, 0.0, 1.0))
+
+
+def _float32_residual(p: Any) -> Any:
+    """``p - float32(p)`` as a float32: what ``p`` loses when rounded to float32.
+
+    Computed in float64: on the host for a Python or NumPy number, in the
+    graph for a float64 array (``jax_enable_x64``); 0 for a float32 one.
+    """
+    if isinstance(p, jax.Array):  # traced or not
+        wide = jnp.asarray(p)
+        return (wide - wide.astype(jnp.float32).astype(wide.dtype)).astype(jnp.float32)
+    return np.float32(float(p) - float(np.float32(p)))
+
+
+def _rank(n: jax.Array, p: Any) -> tuple[jax.Array, jax.Array]:
+    """``np.percentile``'s interpolation position ``p / 100 * (n - 1)``, split
+    into its integer part (int32, in [0, n - 1]) and its fraction (float32,
+    in [0, 1]); ``1 <= n <= 2**24``, ``0 <= p <= 100``.
+
+    The position for the float32 ``p`` is exact up to the rounding of the
+    fraction (`_float32_rank`). A ``p`` given wider (a Python float such as
+    99.9) moves it by $(n - 1) \\cdot (p - \\mathrm{fl}_{32}(p)) / 100$, up to
+    0.64 at ``n = 2**24``: that correction is added to the fraction in float32
+    and carried into the integer part, so the position is that of
+    ``np.percentile`` with the ``p`` given, to about ``1e-7``.
+    """
+    low = _float32_residual(p)
+    lo, frac = _float32_rank(n, jnp.clip(as_f32(p), 0.0, 100.0))
+    moved = frac + as_f32(low) * (n - 1).astype(jnp.float32) / 100.0
+    carry = jnp.where(jnp.isnan(moved), 0.0, jnp.floor(moved))  # a NaN p stays NaN
+    lo = lo + carry.astype(jnp.int32)
+    frac = jnp.where(lo < 0, 0.0, jnp.clip(moved - carry, 0.0, 1.0))
+    return jnp.clip(lo, 0, n - 1), frac
+
+
 def _interpolated_percentile(sorted_: jax.Array, n: jax.Array, p: Any) -> jax.Array:
     """``np.percentile(sorted_[:n], p)`` (linear interpolation) along axis 0, n >= 1."""
-    # Position p/100 * (n-1), split so its integer part is exact in float32.
-    scaled = as_f32(p) * (n - 1).astype(jnp.float32)  # 100 * position
-    lo = jnp.clip(jnp.floor(scaled / 100.0).astype(jnp.int32), 0, n - 1)
-    frac = jnp.clip((scaled - 100.0 * lo.astype(jnp.float32)) / 100.0, 0.0, 1.0)
+    lo, frac = _rank(n, p)
     hi = jnp.minimum(lo + 1, n - 1)
     a = lax.dynamic_index_in_dim(sorted_, lo, axis=0, keepdims=False)
     b = lax.dynamic_index_in_dim(sorted_, hi, axis=0, keepdims=False)
@@ -266,8 +340,10 @@ def percentile(p: Any, window: int) -> ThresholdRule:
     Args:
         p: the percentile, in [0, 100] (may be traced). AutoClip recommends 10.
         window: $w$, a Python int in [1, 2**24] (static: it sets the buffer's
-            size; the count of statistics held is computed in float32, exact
-            up to 2**24).
+            size). The interpolation position $p (n_t - 1) / 100$ is
+            computed in integer arithmetic, so that its fraction is that of
+            ``np.percentile`` to about 1e-7 at every window size (in float32
+            it would be off by up to 0.64 near 2**24).
 
     Returns:
         An [`adaclip.ThresholdRule`][adaclip.ThresholdRule] whose state is a

@@ -239,6 +239,66 @@ def test_percentile_rule_matches_numpy(p, window):
     )
 
 
+def test_percentile_position_is_exact_for_every_window():
+    # The interpolation position p/100 * (n - 1), against exact rational
+    # arithmetic, up to n = 2**24 (the largest window): for a float32 p (an
+    # array, as when injected) and for a Python float p (wider than float32).
+    # In float32, p * (n - 1) is spaced 64 apart there: the fraction was off
+    # by up to 0.64.
+    from fractions import Fraction
+
+    from adaclip._window_rules import _rank
+
+    rng = np.random.default_rng(0)
+    ns = np.array(
+        [1, 2, 3, 4097, 10_000, 2**23 + 1, 2**24 - 2, 2**24 - 1, 2**24]
+        + rng.integers(2**23, 2**24 + 1, 200).tolist()
+    )
+    ps = [0.0, 1e-30, 1e-3, 0.5, 10.0, 33.3, 50.0, 99.9, 99.99999, 100.0]
+    ps += rng.uniform(0, 100, 4).tolist()
+
+    def check(p_exact, lo, frac):
+        for n, lo_, frac_ in zip(ns.tolist(), np.asarray(lo), np.asarray(frac), strict=True):
+            exact = Fraction(p_exact) / 100 * (n - 1)
+            assert 0 <= lo_ <= n - 1 and 0.0 <= frac_ <= 1.0, (n, p_exact, lo_, frac_)
+            assert abs(int(lo_) + float(frac_) - float(exact)) <= 2e-7, (n, p_exact, lo_, frac_)
+
+    n = jnp.asarray(ns, jnp.int32)
+    for p in ps:
+        p32 = np.float32(p)
+        check(float(p32), *jax.jit(jax.vmap(_rank, (0, None)))(n, jnp.asarray(p32)))
+        check(p, *jax.jit(jax.vmap(lambda n, p=p: _rank(n, p)))(n))
+
+
+def test_percentile_matches_numpy_at_a_window_of_2_to_the_24():
+    # A full window of 2**24 statistics (a state built directly: filling it
+    # would take 2**24 steps), one more statistic, then np.percentile of the
+    # window it leaves. The values are 0 below a cut and 1 above, so the
+    # threshold is the interpolation fraction itself where the cut sits at
+    # the position.
+    window = 2**24
+    count = window + 7  # full; the statistic of step `count` replaces slot 7
+    for p in [50.0, 10.0, 99.9]:
+        cut = int(p / 100 * (window - 1))  # the last 0 of the sorted window
+        values = (np.arange(window) > cut).astype(np.float32)
+        ring = np.random.default_rng(1).permutation(values)
+        slot = count % window
+        # The statistic leaving is a 1 and the new one a 1: the sorted window is `values`.
+        ones = np.flatnonzero(ring == 1.0)
+        ring[[slot, ones[0]]] = ring[[ones[0], slot]]
+        state = adaclip.PercentileState(
+            buffer=jnp.asarray(ring),
+            sorted=jnp.asarray(np.sort(ring)),
+            count=jnp.int32(count),
+        )
+        rule = adaclip.percentile(p, window)
+        threshold, state = jax.jit(rule.update, donate_argnums=1)(jnp.float32(1.0), state)
+        window_after = np.concatenate([np.delete(ring, slot), [1.0]])
+        expected = np.percentile(window_after, p)
+        assert 0.0 < expected < 1.0  # the cut is at the position: a fraction
+        np.testing.assert_allclose(float(threshold), expected, atol=1e-6)
+
+
 @pytest.mark.parametrize("target,lr", [(0.5, 0.2), (0.9, 0.05), (0.1, 1.0)])
 def test_quantile_rule_matches_reference(target, lr):
     stats = np.stack([_sequence(int(10 * target)), _sequence(7, 100.0)], axis=1)

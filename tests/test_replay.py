@@ -1,5 +1,6 @@
 """adaclip.replay: equal to training, to NumPy references, jittable and vmappable."""
 
+import _paper_refs
 import _refs
 import jax
 import jax.numpy as jnp
@@ -48,6 +49,82 @@ def _check_against_metrics(trace, m, stats):
     )
 
 
+class _Feed:
+    """The documented clipped feed: min(s, level), or s itself once the
+    statistic was cut on more than K = ceil(8 * span) steps in a row."""
+
+    def __init__(self, feed, span):
+        self.feed, self.patience, self.run = feed, int(np.ceil(8 * span)), 0
+
+    def __call__(self, s, level):
+        if self.feed == "raw":
+            return s
+        self.run = min(self.run, self.patience) + 1 if s > level else 0
+        return s if self.run > self.patience else min(s, level)
+
+
+def _rolling_zscore(stats, sigma, window, min_history, feed="raw", ddof=0):
+    """Mean + sigma std (floored at 1e-6) of the previous `window` fed values."""
+    history, out, fed = [], [], _Feed(feed, window)
+    for s in stats:
+        h = np.array(history[-window:])
+        if len(h) >= min_history:
+            std = np.sqrt(np.sum((h - h.mean()) ** 2) / max(len(h) - ddof, 1))
+            c = h.mean() + sigma * max(std, 1e-6)
+        else:
+            c = s
+        out.append(c)
+        history.append(fed(s, c))
+    return np.array(out)
+
+
+def _ema_zscore(stats, sigma, decay, min_weight, std_floor=1e-6, feed="clipped"):
+    """Bias-corrected EMA mean + sigma EMA std; the floor is raised to
+    sqrt(float32 eps) * |mean|. The clipped feed cuts at the level from the
+    first step, also before the bound applies (Lingvo's order)."""
+    m = q = w = 0.0
+    out, fed = [], _Feed(feed, 1.0 / (1.0 - decay))
+    for s in stats:
+        ww = max(w, 1e-6)
+        mean = m / ww
+        floor = max(std_floor, np.sqrt(np.finfo(np.float32).eps) * abs(mean))
+        level = mean + sigma * np.sqrt(max(q / ww - mean**2, floor**2))
+        out.append(level if w > min_weight else s)
+        x = fed(s, level)
+        m = decay * m + (1 - decay) * x
+        q = decay * q + (1 - decay) * x * x
+        w = decay * w + 1 - decay
+    return np.array(out)
+
+
+def _log_space(stats, inner, offset, floor):
+    u = np.log(np.maximum(stats, floor) + offset)
+    return np.exp(inner(u)) - offset
+
+
+# NumPy loops of the registry's rules (tests/_cases.py RULES, same
+# hyper-parameters), from the documented maths: the thresholds of the finite
+# steps of a sequence, given those steps (a non-finite step never reaches a
+# rule, nor advances a schedule).
+NUMPY_RULES = {
+    "float": lambda s: _refs.fixed(s, 1.0),
+    "schedule": lambda s: np.interp(np.arange(len(s)), [0, 100], [2.0, 0.5]),
+    "fixed": lambda s: _refs.fixed(s, 1.0),
+    "scheduled": lambda s: 2.0 * 0.9 ** (np.arange(len(s)) / 10),
+    "decaying": lambda s: _refs.decaying(s, 2.0, 0.9, 5, 0.1),
+    "moving_average": lambda s: _refs.moving_average(s, 1.5, 4),
+    "ema": lambda s: _refs.ema(s, 1.5, 0.9, 2),
+    "ema_raw": lambda s: _refs.ema(s, 1.5, 0.9, feed="raw"),
+    "percentile": lambda s: _paper_refs.window_percentile(s, 50.0, 4),
+    "zscore": lambda s: _paper_refs.zclip(s, 0.9, 1.5, 3, max_grad_norm=None)[1],
+    "quantile": lambda s: _paper_refs.quantile(s, 0.5, 0.2, 2.0),
+    "rolling_zscore": lambda s: _rolling_zscore(s, 2.0, 4, 2),
+    "rolling_zscore_clipped": lambda s: _rolling_zscore(s, 1.5, 5, 2, "clipped", ddof=1),
+    "ema_zscore": lambda s: _ema_zscore(s, 2.0, 0.9, 0.3, feed="raw"),
+    "log_space": lambda s: _log_space(s, lambda u: _ema_zscore(u, 3.0, 0.9, 0.0), 1.0, 1e-2),
+}
+
+
 @pytest.mark.parametrize("name", names("rule"))
 def test_replay_equals_global_norm_training(name):
     norms = _norms()
@@ -57,6 +134,12 @@ def test_replay_equals_global_norm_training(name):
     rule = make_rule()
     trace = jax.jit(lambda s: adaclip.replay(rule, s))(norms)
     _check_against_metrics(trace, m, norms)
+    # Both run adaclip's step_rule: check them against an independent loop
+    # (atol: log_space's float32 exp(T) - 1 at thresholds near 1e-5).
+    finite = np.isfinite(norms)
+    want = NUMPY_RULES[name.split("-", 1)[1]](norms[finite].astype(np.float64))
+    for got in (np.asarray(trace.threshold), m["threshold"]):
+        np.testing.assert_allclose(got[finite], want, rtol=1e-4, atol=1e-7, err_msg=name)
 
 
 @pytest.mark.parametrize("rule_name", ["ema", "moving_average", "decaying", "float"])
@@ -69,6 +152,12 @@ def test_replay_equals_leaf_norm_training(rule_name):
     assert trace.threshold.shape == norms.shape
     assert trace.finite.shape == (len(norms),)
     _check_against_metrics(trace, m, norms)
+    # And against the NumPy loop, one per leaf, over the steps on which every
+    # leaf is finite (a step with a non-finite leaf is non-finite as a whole).
+    finite = np.isfinite(norms).all(axis=1)
+    for j in range(norms.shape[1]):
+        want = NUMPY_RULES[rule_name](norms[finite, j].astype(np.float64))
+        np.testing.assert_allclose(np.asarray(trace.threshold)[finite, j], want, rtol=1e-4)
 
 
 def test_replay_equals_value_clipping_training():
@@ -76,6 +165,9 @@ def test_replay_equals_value_clipping_training():
     grads = [jnp.array([0.5 * n, -n], jnp.float32) for n in norms]  # max |g| = n
     m = _train_metrics(adaclip.clip_by_value(adaclip.ema(1.5, 0.9)), grads)
     _check_against_metrics(adaclip.replay(adaclip.ema(1.5, 0.9), norms), m, norms)
+    finite = np.isfinite(norms)
+    want = _refs.ema(norms[finite].astype(np.float64), 1.5, 0.9)
+    np.testing.assert_allclose(m["threshold"][finite], want, rtol=1e-4)
 
 
 def test_nonfinite_step_keeps_previous_threshold_and_is_not_clipped():
@@ -91,6 +183,8 @@ def test_nonfinite_step_keeps_previous_threshold_and_is_not_clipped():
     # The NaN steps never entered the rule: same as replaying without them.
     clean = adaclip.replay(adaclip.ema(2.0, 0.5), norms[[1, 2, 3, 6]])
     np.testing.assert_allclose(thr[[1, 2, 3, 6]], clean.threshold, rtol=1e-6)
+    want = _refs.ema(norms[[1, 2, 3, 6]].astype(np.float64), 2.0, 0.5)
+    np.testing.assert_allclose(thr[[1, 2, 3, 6]], want, rtol=1e-6)
 
 
 @pytest.mark.parametrize(

@@ -103,3 +103,92 @@ def test_max_abs_tangent_of_a_negative_maximum_and_of_ties():
         want = jax.grad(ref)(grads)
         for o, w in zip(jax.tree.leaves(ours), jax.tree.leaves(want), strict=True):
             np.testing.assert_allclose(o, w, rtol=1e-6)
+
+
+# ---------------------------------------------------------------------------
+# The clipped feed's patience (adaclip._base.feed_step, documented there and in
+# each rule's ``feed`` argument): an entry cut on each of the last ``P`` steps,
+# and cut again, is fed the raw statistic; ``P = ceil(8 * span)``, the span of
+# an EMA being ``1 / (1 - decay)`` and of a window its length. No other test
+# ran a cut long enough to reach it.
+
+
+def _ema_patience_reference(stats, multiplier, decay, warmup_steps, patience):
+    """The documented ema(feed="clipped") with the patience rule, float64 NumPy."""
+    e, n, run, out = 0.0, 0, 0, []
+    for s in stats:
+        empty = e == 0.0  # a zero memory holds no scale: no bound, refill
+        if n > 0 and n >= warmup_steps and not empty:
+            c = multiplier * e / (1.0 - decay**n)
+        else:
+            c = s
+        cut = s > c
+        run = min(run, patience) + 1 if cut else 0
+        x = s if run > patience else min(s, c)
+        n += 1
+        e = x * (1.0 - decay**n) if (empty and n > 1) else decay * e + (1.0 - decay) * x
+        out.append(c)
+    return np.array(out)
+
+
+def _window_patience_reference(stats, multiplier, window, patience):
+    """The documented moving_average(feed="clipped") with the patience rule."""
+    history, run, out = [], 0, []
+    for s in stats:
+        held = history[-window:]
+        empty = not any(h != 0 for h in held)
+        c = s if empty else multiplier * np.mean(held)
+        cut = s > c
+        run = min(run, patience) + 1 if cut else 0
+        x = s if run > patience else min(s, c)
+        if empty and held:  # an all-zero window takes x as its whole memory
+            history[-len(held) :] = [x] * len(held)
+        history.append(x)
+        out.append(c)
+    return np.array(out)
+
+
+def _thresholds(rule, stats):
+    """Thresholds of clip_by_global_norm(rule) over 1-element gradients, jit + scan."""
+    tx = adaclip.clip_by_global_norm(rule)
+
+    def body(state, s):
+        _, state = tx.update(jnp.reshape(s, (1,)), state)
+        return state, state.threshold
+
+    run = jax.jit(lambda st, xs: jax.lax.scan(body, st, xs), donate_argnums=0)
+    return np.asarray(run(tx.init(jnp.zeros(1)), jnp.asarray(stats, jnp.float32))[1])
+
+
+@pytest.mark.parametrize("decay", [0.5, 0.75])
+def test_ema_multiplier_below_one_switches_to_raw_after_patience(decay):
+    # A multiplier below 1 cuts a constant statistic on every step: after
+    # P = ceil(8 / (1 - decay)) cut steps the raw statistic enters.
+    stats = np.ones(120)
+    patience = int(np.ceil(8.0 / (1.0 - decay)))
+    ref = _ema_patience_reference(stats, 0.5, decay, 0, patience)
+    np.testing.assert_allclose(_thresholds(adaclip.ema(0.5, decay), stats), ref, rtol=2e-5)
+    # The reference itself: the threshold shrinks until step P + 1, then jumps.
+    assert ref[patience + 1] < 0.2 < ref[patience + 3]
+
+
+def test_ema_spike_at_the_end_of_a_long_warmup_is_clipped_in_the_feed():
+    # During the warm-up the threshold is the statistic itself: no step is
+    # cut, so the run counter stays 0 and a spike on the first bounded step
+    # enters the EMA clipped (a warm-up longer than the patience, P = 16).
+    rng = np.random.default_rng(0)
+    stats = np.exp(rng.normal(0.0, 0.1, 60))
+    stats[30] = 100.0
+    ref = _ema_patience_reference(stats, 2.0, 0.5, 30, 16)
+    ours = _thresholds(adaclip.ema(2.0, 0.5, warmup_steps=30), stats)
+    np.testing.assert_allclose(ours, ref, rtol=2e-5)
+    assert ref[31] < 5.0  # the spike stayed out of the memory
+
+
+@pytest.mark.parametrize("window", [1, 3])
+def test_moving_average_multiplier_below_one_switches_to_raw_after_patience(window):
+    stats = np.ones(80)
+    ref = _window_patience_reference(stats, 0.5, window, 8 * window)
+    np.testing.assert_allclose(
+        _thresholds(adaclip.moving_average(0.5, window, feed="clipped"), stats), ref, rtol=2e-5
+    )

@@ -192,3 +192,62 @@ def test_moving_average_multiplier_below_one_switches_to_raw_after_patience(wind
     np.testing.assert_allclose(
         _thresholds(adaclip.moving_average(0.5, window, feed="clipped"), stats), ref, rtol=2e-5
     )
+
+
+# ---------------------------------------------------------------------------
+# Documented defaults (DESIGN.md's signatures, the docstrings), each against a
+# NumPy loop of the documented formula with the default written out.
+
+
+def _outputs(rule, stats):
+    """Norms of the clipped 1-element gradients and the clipped flags."""
+    tx = adaclip.clip_by_global_norm(rule)
+
+    def body(state, s):
+        out, state = tx.update(jnp.reshape(s, (1,)), state)
+        return state, (jnp.abs(out[0]), state.clipped, state.threshold)
+
+    run = jax.jit(lambda st, xs: jax.lax.scan(body, st, xs), donate_argnums=0)
+    _, (out, clipped, thr) = run(tx.init(jnp.zeros(1)), jnp.asarray(stats, jnp.float32))
+    return np.asarray(out), np.asarray(clipped), np.asarray(thr)
+
+
+def _quantile_reference(stats, target, eta=0.2, initial=1.0):
+    """Andrew et al.: c_t = C_t; b = 1[s <= C]; C <- C exp(-eta (b - q))."""
+    c, out = initial, []
+    for s in stats:
+        out.append(c)
+        c = c * np.exp(-eta * ((1.0 if s <= c else 0.0) - target))
+    return np.array(out)
+
+
+def test_quantile_defaults_and_a_statistic_equal_to_the_estimate():
+    # learning_rate=0.2 and initial=1.0 by default; s_0 = C_0 = 1 exactly
+    # counts as below (b = 1[s <= C]), and so do the later equal steps.
+    stats = np.array([1.0, 3.0, 0.25, 2.0, 1.0, 0.5, 4.0, 0.1, 1.0, 2.5])
+    _, _, thr = _outputs(adaclip.quantile(0.5), stats)
+    np.testing.assert_allclose(thr, _quantile_reference(stats, 0.5), rtol=1e-6)
+    _, _, thr = _outputs(adaclip.quantile(0.3), np.ones(6))
+    np.testing.assert_allclose(thr, _quantile_reference(np.ones(6), 0.3), rtol=1e-6)
+
+
+# A hand-written inner rule: the bound on u_t is u_{t-1} (0 at the first step).
+PREVIOUS = adaclip.ThresholdRule(init=lambda u: jnp.zeros_like(u), update=lambda u, prev: (prev, u))
+
+
+def test_log_space_defaults_offset_and_floor_zero():
+    # log_space(rule) with offset o = 0 and floor f = 0: u = log(max(s, f) + o),
+    # the statistic is cut where T < u, down to c = e^T - o.
+    stats = np.array([0.5, 2.0, 3.5, 0.2, 0.69, 10.0, 0.05, 0.3, 0.6, 1.5])
+    out, clipped, _ = _outputs(adaclip.log_space(PREVIOUS), stats)
+    u = np.log(stats)
+    bound = np.concatenate([[0.0], u[:-1]])
+    cut = bound < u
+    np.testing.assert_array_equal(clipped, cut)
+    np.testing.assert_allclose(out, np.where(cut, np.exp(bound), stats), rtol=1e-5)
+
+
+def test_decaying_defaults_transition_one_step_floor_zero():
+    stats = np.full(12, 3.0)
+    _, _, thr = _outputs(adaclip.decaying(8.0, 0.5), stats)
+    np.testing.assert_allclose(thr, 8.0 * 0.5 ** np.arange(12), rtol=1e-6)

@@ -251,3 +251,40 @@ def test_decaying_defaults_transition_one_step_floor_zero():
     stats = np.full(12, 3.0)
     _, _, thr = _outputs(adaclip.decaying(8.0, 0.5), stats)
     np.testing.assert_allclose(thr, 8.0 * 0.5 ** np.arange(12), rtol=1e-6)
+
+
+def test_ema_zero_start_takes_the_first_nonzero_statistic_as_its_history():
+    # A clipped-feed EMA whose memory is 0 sets no bound and refills with its
+    # first nonzero statistic (debiased mean = that statistic).
+    rng = np.random.default_rng(1)
+    stats = np.concatenate([np.zeros(4), np.exp(rng.normal(0.0, 0.2, 30))])
+    stats[20] = 50.0
+    for decay in (0.9, 0.5):
+        ref = _ema_patience_reference(stats, 2.0, decay, 0, int(np.ceil(8.0 / (1.0 - decay))))
+        np.testing.assert_allclose(_thresholds(adaclip.ema(2.0, decay), stats), ref, rtol=2e-5)
+
+
+def test_rolling_zscore_with_a_history_of_one():
+    # min_history=1: from the second step, mean + sigma * max(std, 1e-6) of
+    # the previous (up to) `window` statistics, population std (ddof=0).
+    rng = np.random.default_rng(2)
+    stats = np.exp(rng.normal(0.0, 0.5, 20))
+    ref = [stats[0]]
+    for t in range(1, len(stats)):
+        h = stats[max(0, t - 4) : t]
+        ref.append(h.mean() + 2.0 * max(h.std(), 1e-6))
+    ours = _thresholds(adaclip.rolling_zscore(2.0, 4, min_history=1), stats)
+    np.testing.assert_allclose(ours, np.minimum(ref, np.maximum(ref, stats)), rtol=2e-5)
+
+
+@pytest.mark.parametrize("scale", [1e30, 1e20])
+def test_unit_norms_of_huge_and_tiny_rows_equal_numpy(scale):
+    # Columns whose sum of squares overflows float32 take the
+    # rescaled fallback of _numerics.block_norms; float64 NumPy is the reference.
+    g = np.array([[3.0, 4.0, 0.0], [1.0, -2.0, 2.0], [0.5, 0.0, 0.0]], np.float32) * scale
+    threshold = 2.5 * scale
+    tx = adaclip.clip_by_unit_norm(threshold, axis=0)
+    out, state = jax.jit(tx.update)({"w": jnp.asarray(g)}, tx.init({"w": jnp.zeros((3, 3))}))
+    norms = np.linalg.norm(g.astype(np.float64), axis=0, keepdims=True)  # axis: reduced
+    want = g * np.minimum(1.0, threshold / norms)
+    np.testing.assert_allclose(np.asarray(out["w"], np.float64), want, rtol=1e-5)

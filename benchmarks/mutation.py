@@ -8,11 +8,13 @@ single tests, chosen to finish in well under a minute) run against it with
 ``-x`` and a per-mutant timeout. A mutant is killed when the tests fail (or
 time out), survived when they pass. Mutants are sampled per module with a
 fixed seed (``--per-module``, ``--seed``), so a run fits a budget; the result
-records the sampling. Before the mutants, each module's tests run once on the
-unmutated code (the baseline): a failing baseline stops the run, since every
-mutant would then count as killed.
+records the sampling. The package and the tests are copied once at the start
+(editing tests during a run does not change it). Before the mutants, each
+module's tests run once on the unmutated code (the baseline): a module whose
+baseline fails is left out (recorded), since each of its mutants would count
+as killed.
 
-    PYTHONPATH=$PWD python benchmarks/mutation.py --per-module 8 --timeout 180
+    PYTHONPATH=$PWD python benchmarks/mutation.py --per-module 6 --timeout 240  # the json
     PYTHONPATH=$PWD python benchmarks/mutation.py --list        # count mutation points only
     PYTHONPATH=$PWD python benchmarks/mutation.py --survivors   # re-run the survivors in the json
     PYTHONPATH=$PWD python benchmarks/mutation.py --only _base:12,_skip:3
@@ -165,15 +167,28 @@ def mutate(node: ast.AST) -> None:
         node.value = node.value + 1
 
 
-def run_tests(module: str, source: str | None, timeout: float) -> tuple[str, float]:
+def snapshot(tmp: str) -> pathlib.Path:
+    """A copy of the package, the tests and pyproject.toml taken at the start
+    of a run: every mutant runs against the same tests, even if they are
+    edited while the run goes on."""
+    snap = pathlib.Path(tmp)
+    for name in ("adaclip", "tests"):
+        shutil.copytree(ROOT / name, snap / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "pyproject.toml", snap)
+    return snap
+
+
+def run_tests(
+    module: str, source: str | None, timeout: float, snap: pathlib.Path
+) -> tuple[str, float]:
     """Runs the module's tests on a copy of the package whose ``module`` has
     ``source`` (the original when None). Returns ("passed" | "killed-by
     <first failing test>" | "killed-by timeout", seconds)."""
     start = time.time()
     with tempfile.TemporaryDirectory() as tmp:
-        shutil.copytree(ROOT / "adaclip", pathlib.Path(tmp) / "adaclip")
-        shutil.copytree(ROOT / "tests", pathlib.Path(tmp) / "tests")
-        shutil.copy(ROOT / "pyproject.toml", tmp)  # the suite's pytest settings
+        shutil.copytree(snap / "adaclip", pathlib.Path(tmp) / "adaclip")
+        shutil.copytree(snap / "tests", pathlib.Path(tmp) / "tests")
+        shutil.copy(snap / "pyproject.toml", tmp)  # the suite's pytest settings
         if source is not None:
             (pathlib.Path(tmp) / "adaclip" / f"{module}.py").write_text(source)
         cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-rfE", "-p", "no:cacheprovider"]
@@ -231,7 +246,9 @@ def main() -> None:
     args = parser.parse_args()
     out = pathlib.Path(args.out)
     start = time.time()
-    sources = {m: (ROOT / "adaclip" / f"{m}.py").read_text() for m in args.modules}
+    snap_dir = tempfile.TemporaryDirectory()
+    snap = snapshot(snap_dir.name)
+    sources = {m: (snap / "adaclip" / f"{m}.py").read_text() for m in args.modules}
     if args.list:
         for module, source in sources.items():
             print(f"{module}: {len(points(ast.parse(source)))} mutation points")
@@ -249,7 +266,14 @@ def main() -> None:
             ]
         else:
             todo = [(s.split(":")[0], int(s.split(":")[1])) for s in args.only.split(",")]
-        sources = {m: (ROOT / "adaclip" / f"{m}.py").read_text() for m, _ in todo}
+        sources = {m: (snap / "adaclip" / f"{m}.py").read_text() for m, _ in todo}
+        result.setdefault("reruns", []).append(
+            {
+                "command": "PYTHONPATH=$PWD python benchmarks/mutation.py "
+                + " ".join(sys.argv[1:]),
+                "tests": {m: TESTS[m] for m in sorted({m for m, _ in todo})},
+            }
+        )
     else:
         result = {
             "command": "PYTHONPATH=$PWD python benchmarks/mutation.py " + " ".join(sys.argv[1:]),
@@ -268,7 +292,7 @@ def main() -> None:
 
     if not args.no_baseline:
         for module in sorted({m for m, _ in todo}):
-            outcome, seconds = run_tests(module, None, args.timeout)
+            outcome, seconds = run_tests(module, None, args.timeout, snap)
             print(f"baseline {module}: {outcome} ({seconds:.0f} s)", flush=True)
             if outcome != "passed":  # every mutant would count as killed: leave it out
                 print(f"the unmutated tests of {module} fail: {module} left out", flush=True)
@@ -283,7 +307,7 @@ def main() -> None:
         tree = ast.parse(sources[module])
         line, what, node = points(tree)[k]
         mutate(node)
-        outcome, seconds = run_tests(module, ast.unparse(tree), args.timeout)
+        outcome, seconds = run_tests(module, ast.unparse(tree), args.timeout, snap)
         record = {"index": k, "line": line, "change": what, "seconds": round(seconds, 1)}
         entry = result["modules"].setdefault(
             module, {"points": len(points(ast.parse(sources[module]))), "mutants": []}

@@ -398,8 +398,9 @@ def step_rule(
             "threshold must be shaped like its statistic (or be a scalar)."
         )
     threshold = jnp.broadcast_to(threshold, statistic.shape)
-    # `>=` and `>` are False for NaN, so one comparison rules out NaN too.
-    is_bound = threshold > -jnp.inf if signed else threshold >= 0
+    # NaN is ruled out explicitly: `>=` and `>` are False for NaN, but XLA
+    # folds `maximum(x, 0) >= 0` (a schedule held at 0) to True under jit.
+    is_bound = (threshold > -jnp.inf if signed else threshold >= 0) & ~jnp.isnan(threshold)
     finite = stat_finite & jnp.all(is_bound)
     new_state = tree_select(finite, new_state, state)
     return threshold, new_state, finite

@@ -414,3 +414,31 @@ def test_spam_differentiates_and_injects_without_recompiling():
     u2, state = step(g, state)
     assert len(compiles) == 1
     assert not np.allclose(u1["w"], u2["w"])
+
+
+def test_a_ratio_equal_to_the_threshold_is_not_clipped():
+    # g^2 / v = 1 / 0.25 = 4 = theta exactly (all exact in float32): the rule
+    # cuts where g^2 > theta v, strictly, so the step is not clipped.
+    grads = [np.ones((2,), np.float32), np.ones((2,), np.float32), np.full((2,), 3.0, np.float32)]
+    want, stats, cuts = _reference_clip(grads, 4.0, 0.75, 1)
+    assert stats[1] == 4.0 and not cuts[1] and cuts[2]  # the reference itself
+    tx = adaclip.clip_by_second_moment(4.0, b2=0.75, warmup_steps=1)
+    state = tx.init(jnp.zeros(2))
+    update = jax.jit(tx.update, donate_argnums=(1,))
+    for t, g in enumerate(grads):
+        out, state = update(jnp.asarray(g), state)
+        np.testing.assert_allclose(out, want[t], rtol=1e-6)
+        assert bool(state.clipped) == cuts[t], t
+
+
+def test_spam_without_weight_decay_needs_no_params():
+    # weight_decay=0 (the default, or given as 0 or 0.0): update works without
+    # params and equals Adam-style SPAM with params given.
+    grads = {"w": jnp.array([0.5, -1.0, 2.0])}
+    params = {"w": jnp.array([1.0, 2.0, -3.0])}
+    for kwargs in ({}, {"weight_decay": 0}, {"weight_decay": 0.0}):
+        tx = adaclip.spam(0.1, **kwargs)
+        no_params, _ = tx.update(grads, tx.init(params))
+        with_params, _ = tx.update(grads, tx.init(params), params)
+        np.testing.assert_allclose(no_params["w"], with_params["w"], rtol=1e-6)
+        assert np.all(np.abs(np.asarray(no_params["w"])) > 0)

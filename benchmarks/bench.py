@@ -132,13 +132,18 @@ def is_adaclip_global(name: str) -> bool:
 def leaf_shapes(n_params: int, n_leaves: int = N_LEAVES) -> list[tuple[int, ...]]:
     """``n_leaves`` leaves summing to ``n_params``: matrices of 256 columns and vectors."""
     base = n_params // n_leaves
-    shapes = []
+    shapes: list[tuple[int, ...]] = []
+    rest = n_params - base * n_leaves
     for i in range(n_leaves):
-        size = base + (n_params - base * n_leaves if i == 0 else 0)
-        if i % 2 == 0 and size % 256 == 0:
-            shapes.append((size // 256, 256))
+        if i % 2 == 0 and base >= 256:
+            # A (rows, 256) kernel: 256 units for the unit-wise clippers.
+            shapes.append((base // 256, 256))
+            rest += base % 256
         else:
-            shapes.append((size,))
+            shapes.append((base,))
+    if rest:
+        # What the matrices left over goes to the last vector.
+        shapes[-1] = (shapes[-1][0] + rest,) if len(shapes[-1]) == 1 else shapes[-1]
     return shapes
 
 

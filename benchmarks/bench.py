@@ -7,7 +7,8 @@ Run from the repository root::
 
 Every configuration is a jitted ``step(params, opt_state, grads)`` that applies
 ``optax.chain(clipper, optax.adam(1e-3))`` (or Adam alone) to a 50-leaf float32
-tree, with ``params`` and ``opt_state`` donated. Repetitions are interleaved
+tree (25 ``(rows, 256)`` matrices, 256 units each, and 25 vectors), with
+``params`` and ``opt_state`` donated. ``--configs`` runs a subset. Repetitions are interleaved
 (every configuration once per round, in a shuffled order) and each round's time
 is divided by Adam alone's time in the same round, so slow drifts in the load
 of a shared machine cancel; the tables report the median over rounds.
@@ -17,10 +18,17 @@ Sections (each can be switched off):
 - ``step``: time per step as a ratio to Adam alone, at each size, plus two
   reference points: Adam with one extra read of the gradients (a reduction
   over the whole tree, the physical limit of a one-read clip) and
-  ``optax.clip_by_global_norm`` + Adam.
+  ``optax.clip_by_global_norm`` + Adam. AGC's limit reads the parameters too
+  (``adam + g+w read``); ``clip_by_second_moment``'s reads and writes a
+  parameter-sized ``v`` (``adam + v read/write``). The targets' ratios (AGC
+  to its limit and to ``optax.adaptive_grad_clip``, rms clipping to
+  ``optax.clip_by_block_rms``, ...) are printed as medians of per-round
+  ratios.
 - ``compile``: trace + lower + compile time of each configuration on two
   500-leaf trees (500 vectors of 1 000; a transformer's leaves), each in a
-  fresh process, as a ratio to ``optax.clip_by_global_norm`` + Adam.
+  fresh process, as a ratio to ``optax.clip_by_global_norm`` + Adam, and
+  each adaclip clipper that has an optax counterpart (``COUNTERPARTS``) as a
+  ratio to it.
 - ``rules``: the clip alone (1M parameters), with its state fast-forwarded to
   step 1e3, 1e4 and 1e5 (counters set to the step, buffers filled): the cost
   of a step must not grow with the step count. Also the state size in bytes.

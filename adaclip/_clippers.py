@@ -420,11 +420,17 @@ def _leaf_factors(
     (one block per leaf, or the whole tree), or the leaf's units, shaped like
     its kept axes."""
     if spec.block == "unit":
+        # Each leaf reads its units at an offset XLA cannot fold (see
+        # _numerics.opaque_ints), so leaves of one shape share their kernels
+        # (the optimizer's loops that the factor fuses into); constant slices
+        # made every leaf's kernels distinct, 3-5x optax's compile time.
+        starts = [layout.offsets[group] for group in layout.groups]
         out = []
-        for x, axes, group in zip(leaves, layout.axes, layout.groups, strict=True):
+        for x, axes, group, start in zip(
+            leaves, layout.axes, layout.groups, _numerics.opaque_ints(starts, factor), strict=True
+        ):
             shape = layout.kept_shapes[group]
-            start = layout.offsets[group]
-            part = lax.slice(factor, (start,), (start + math.prod(shape),))
+            part = lax.dynamic_slice(factor, (start,), (math.prod(shape),))
             out.append((jnp.reshape(part, shape), _numerics.kept_axes(np.ndim(x), axes)))
         return out
     if spec.per_leaf:

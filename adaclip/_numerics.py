@@ -241,6 +241,36 @@ def _loop(leaves, spec: _Statistic, step, dtype, stat_axes: frozenset, step_axes
     return stat, stepped
 
 
+def opaque_ints(values: Sequence[int], token: jax.Array) -> list[jax.Array]:
+    """``values`` as int32 scalars whose values XLA cannot see at compile time.
+
+    A slice ``x[a:b]`` with constant ``a`` fuses into its consumers with the
+    offset written into the kernel, so the kernels of leaves that read
+    different parts of one vector all differ (each costs XLA:CPU its own code
+    generation). ``lax.dynamic_slice`` at one of these scalars fuses instead
+    into a kernel that takes the offset as an operand: leaves of one shape
+    share it. The scalars are the outputs of a ``lax.while_loop`` that makes
+    one trip but whose condition reads ``token`` (any runtime array), so
+    XLA can neither count its trips nor fold its outputs. The cost: one
+    trivial loop per step.
+    """
+    if not values:
+        return []
+    probe = jnp.ravel(token)[:1].astype(F32)
+
+    # Never true after the first trip (trip > 0 and trip < 0), but XLA cannot
+    # prove it from the condition alone, which reads a runtime value.
+    def keep_going(carry):
+        trip = carry[0]
+        return (trip == 0) | ((trip < 0) & jnp.all(probe > 0))
+
+    def body(carry):
+        return (carry[0] + 1, tuple(jnp.int32(v) for v in values))
+
+    init = (jnp.zeros([], jnp.int32), tuple(jnp.zeros([], jnp.int32) for _ in values))
+    return list(lax.while_loop(keep_going, body, init)[1])
+
+
 def _axis_names(axis_name: Any) -> frozenset:
     if axis_name is None:
         return frozenset()

@@ -7,7 +7,8 @@ Run from the repository root::
 
 Every configuration is a jitted ``step(params, opt_state, grads)`` that applies
 ``optax.chain(clipper, optax.adam(1e-3))`` (or Adam alone) to a 50-leaf float32
-tree, with ``params`` and ``opt_state`` donated. Repetitions are interleaved
+tree (25 ``(rows, 256)`` matrices, 256 units each, and 25 vectors), with
+``params`` and ``opt_state`` donated. ``--configs`` runs a subset. Repetitions are interleaved
 (every configuration once per round, in a shuffled order) and each round's time
 is divided by Adam alone's time in the same round, so slow drifts in the load
 of a shared machine cancel; the tables report the median over rounds.
@@ -17,10 +18,17 @@ Sections (each can be switched off):
 - ``step``: time per step as a ratio to Adam alone, at each size, plus two
   reference points: Adam with one extra read of the gradients (a reduction
   over the whole tree, the physical limit of a one-read clip) and
-  ``optax.clip_by_global_norm`` + Adam.
+  ``optax.clip_by_global_norm`` + Adam. AGC's limit reads the parameters too
+  (``adam + g+w read``); ``clip_by_second_moment``'s reads and writes a
+  parameter-sized ``v`` (``adam + v read/write``). The targets' ratios (AGC
+  to its limit and to ``optax.adaptive_grad_clip``, rms clipping to
+  ``optax.clip_by_block_rms``, ...) are printed as medians of per-round
+  ratios.
 - ``compile``: trace + lower + compile time of each configuration on two
   500-leaf trees (500 vectors of 1 000; a transformer's leaves), each in a
-  fresh process, as a ratio to ``optax.clip_by_global_norm`` + Adam.
+  fresh process, as a ratio to ``optax.clip_by_global_norm`` + Adam, and
+  each adaclip clipper that has an optax counterpart (``COUNTERPARTS``) as a
+  ratio to it.
 - ``rules``: the clip alone (1M parameters), with its state fast-forwarded to
   step 1e3, 1e4 and 1e5 (counters set to the step, buffers filled): the cost
   of a step must not grow with the step count. Also the state size in bytes.
@@ -83,15 +91,46 @@ def clippers() -> dict[str, Callable[[], optax.GradientTransformation] | None]:
         out["second moment (SPAM)"] = lambda: adaclip.clip_by_second_moment()
     # Blocks and measures, beside their optax counterparts.
     out["unit ema"] = lambda: adaclip.clip_by_unit_norm(adaclip.ema(2.0, 0.99))
+    out["adam + g+w read"] = None  # special-cased in make_step
     out["agc"] = lambda: adaclip.agc(0.01)
     out["optax.adaptive_grad_clip"] = lambda: optax.adaptive_grad_clip(0.01)
     out["leaf rms fixed"] = lambda: adaclip.clip_by_leaf_norm(1.0, rms=True)
     out["optax.clip_by_block_rms"] = lambda: optax.clip_by_block_rms(1.0)
+    if ONLY:
+        keep = set(ONLY) | set(ALWAYS)
+        out = {k: v for k, v in out.items() if k in keep}
     return out
 
 
+# ``--configs``: run only these configurations (and those of ALWAYS, which
+# the ratios need).
+ONLY: list[str] = []
+ALWAYS = ("adam", "adam + 1 read", "optax.clip_by_global_norm")
+
+# adaclip's configuration -> its optax counterpart (same maths), compared
+# directly in the step and compile sections.
+# (numerator, denominator) step-time ratios that the targets are about.
+PAIRS = (
+    ("agc", "adam + g+w read"),
+    ("optax.adaptive_grad_clip", "agc"),
+    ("agc", "adam"),
+    ("optax.adaptive_grad_clip", "adam"),
+    ("unit ema", "adam + 1 read"),
+    ("leaf rms fixed", "adam + 1 read"),
+    ("optax.clip_by_block_rms", "leaf rms fixed"),
+    ("second moment (SPAM)", "adam + v read/write"),
+)
+PAIR_RESULTS: dict[int, dict] = {}
+
+COUNTERPARTS = {
+    "global fixed": "optax.clip_by_global_norm",
+    "agc": "optax.adaptive_grad_clip",
+    "leaf rms fixed": "optax.clip_by_block_rms",
+}
+
+
 # Reference points, not clippers: left out of the compile and rules sections.
-REFERENCES = ("adam + 1 read", "adam + v read/write")
+REFERENCES = ("adam + 1 read", "adam + v read/write", "adam + g+w read")
 
 
 def is_adaclip_global(name: str) -> bool:
@@ -101,13 +140,18 @@ def is_adaclip_global(name: str) -> bool:
 def leaf_shapes(n_params: int, n_leaves: int = N_LEAVES) -> list[tuple[int, ...]]:
     """``n_leaves`` leaves summing to ``n_params``: matrices of 256 columns and vectors."""
     base = n_params // n_leaves
-    shapes = []
+    shapes: list[tuple[int, ...]] = []
+    rest = n_params - base * n_leaves
     for i in range(n_leaves):
-        size = base + (n_params - base * n_leaves if i == 0 else 0)
-        if i % 2 == 0 and size % 256 == 0:
-            shapes.append((size // 256, 256))
+        if i % 2 == 0 and base >= 256:
+            # A (rows, 256) kernel: 256 units for the unit-wise clippers.
+            shapes.append((base // 256, 256))
+            rest += base % 256
         else:
-            shapes.append((size,))
+            shapes.append((base,))
+    if rest:
+        # What the matrices left over goes to the last vector.
+        shapes[-1] = (shapes[-1][0] + rest,) if len(shapes[-1]) == 1 else shapes[-1]
     return shapes
 
 
@@ -132,6 +176,22 @@ def make_step(name: str, tx: optax.GradientTransformation):
             # always 1 but that XLA cannot drop. Without that dependence XLA
             # fuses the reduction into Adam's loops, which is much slower on CPU.
             sumsq = sum(jnp.sum(jnp.square(g)) for g in grads)
+            one = jnp.where(jnp.isnan(sumsq), 0.0, 1.0)
+            grads = [g * one for g in grads]
+            updates, adam_state = tx.update(grads, opt_state[0], params)
+            return optax.apply_updates(params, updates), (adam_state, sumsq)
+
+        def init(params):
+            return (tx.init(params), jnp.zeros([], jnp.float32))
+
+    elif name == "adam + g+w read":
+
+        def step(params, opt_state, grads):
+            # The limit of a clip relative to the parameters (AGC): one extra
+            # read of the gradients and of the parameters, which Adam waits
+            # for, as it waits for the clip's factors (see "adam + 1 read").
+            sumsq = sum(jnp.sum(jnp.square(g)) for g in grads)
+            sumsq = sumsq + sum(jnp.sum(jnp.square(p)) for p in params)
             one = jnp.where(jnp.isnan(sumsq), 0.0, 1.0)
             grads = [g * one for g in grads]
             updates, adam_state = tx.update(grads, opt_state[0], params)
@@ -222,6 +282,15 @@ def bench_steps(sizes, rounds: int, steps: int, seed: int) -> dict:
             for name in configs
         }
         results[n_params] = {name: (median(times[name]), median(ratios[name])) for name in configs}
+        # Direct comparisons, as medians of per-round ratios (numerator /
+        # denominator, both timed in the same round).
+        pairs = {}
+        for num, den in PAIRS:
+            if num in times and den in times:
+                pairs[num, den] = median(
+                    [a / b for a, b in zip(times[num], times[den], strict=True)]
+                )
+        PAIR_RESULTS[n_params] = pairs
         del params, grads, fns
         gc.collect()
     return results
@@ -247,12 +316,15 @@ def print_steps(results: dict) -> None:
         opt = results[n]["optax.clip_by_global_norm"][1]
         limit = results[n]["adam + 1 read"][1]
         glob = {k: v[1] for k, v in results[n].items() if is_adaclip_global(k)}
-        worst = max(glob, key=glob.get)
-        print(
-            f"{_size_name(n)}: worst adaclip global clipper + adam = {glob[worst]:.3f}x adam "
-            f"({worst}), {glob[worst] / limit:.3f}x the one-read limit; "
-            f"optax.clip_by_global_norm + adam / it = {opt / glob[worst]:.2f}"
-        )
+        if glob:
+            worst = max(glob, key=glob.get)
+            print(
+                f"{_size_name(n)}: worst adaclip global clipper + adam = {glob[worst]:.3f}x adam "
+                f"({worst}), {glob[worst] / limit:.3f}x the one-read limit; "
+                f"optax.clip_by_global_norm + adam / it = {opt / glob[worst]:.2f}"
+            )
+        for (num, den), r in PAIR_RESULTS.get(n, {}).items():
+            print(f"{_size_name(n)}: ({num}) / ({den}) = {r:.3f}  (median of per-round ratios)")
         if "second moment (SPAM)" in results[n]:
             moment = results[n]["second moment (SPAM)"][1]
             v_limit = results[n]["adam + v read/write"][1]
@@ -328,7 +400,21 @@ def bench_compile(rounds: int, n_leaves: int = 500) -> dict:
         ref = times["optax.clip_by_global_norm", tree]
         ratio = median([t / r for t, r in zip(ts, ref, strict=True)])
         results[name, tree] = (median(ts), ratio)
-    return results
+    pairs = {
+        (ours, theirs, tree): median(
+            [a / b for a, b in zip(times[ours, tree], times[theirs, tree], strict=True)]
+        )
+        for ours, theirs in COUNTERPARTS.items()
+        for tree in COMPILE_TREES
+        if (ours, tree) in times and (theirs, tree) in times
+    }
+    return results, pairs
+
+
+def print_compile_pairs(pairs: dict) -> None:
+    for (ours, theirs, tree), r in pairs.items():
+        print(f"compile, {tree} tree: ({ours}) / ({theirs}) = {r:.2f}  (median per-round ratio)")
+    print()
 
 
 def print_compile(results: dict, n_leaves: int = 500) -> None:
@@ -561,8 +647,20 @@ def main(argv=None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--compile-rounds", type=int, default=3, help="rounds of the compile section")
     p.add_argument("--compile-leaves", type=int, default=500, help="leaves of the compile trees")
+    p.add_argument(
+        "--configs",
+        default="",
+        help="comma-separated configuration names to run (default: all); "
+        + ", ".join(repr(a) for a in ALWAYS)
+        + " always run",
+    )
     p.add_argument("--compile-one", nargs=3, help=argparse.SUPPRESS)  # internal: one measurement
     args = p.parse_args(argv)
+    known = set(clippers())
+    ONLY[:] = [c.strip() for c in args.configs.split(",") if c.strip()]
+    unknown = set(ONLY) - known
+    if unknown:
+        p.error(f"unknown --configs {sorted(unknown)}; known: {sorted(known)}")
     if args.compile_one:
         name, tree, n_leaves = args.compile_one
         print(f"{compile_one(name, tree, int(n_leaves)):.4f}")
@@ -592,8 +690,9 @@ def main(argv=None) -> None:
             sys.stdout.flush()
     if "compile" in sections:
         n_leaves = 50 if args.quick else args.compile_leaves
-        res = bench_compile(compile_rounds, n_leaves=n_leaves)
+        res, pairs = bench_compile(compile_rounds, n_leaves=n_leaves)
         print_compile(res, n_leaves)
+        print_compile_pairs(pairs)
         sys.stdout.flush()
     if "rules" in sections:
         n = 100_000 if args.quick else 1_000_000

@@ -205,3 +205,70 @@ def test_per_leaf_factors_are_not_slices(rule):
     hlo = compiled_hlo(make(f"leaf-{rule}"))
     slices = [d for d in _definitions(hlo) if d[2] == "slice"]
     assert not slices, slices
+
+
+# Unit-wise clippers (AGC): each leaf reads its units from the factor vector.
+# A constant slice writes the leaf's offset into every kernel it fuses into
+# (the optimizer's loops), so no two leaves share a kernel and XLA:CPU
+# compiles each one (AGC took 3-5x optax.adaptive_grad_clip's compile time);
+# a dynamic slice at an offset XLA cannot fold takes it as an operand.
+SAME_SHAPES = {f"w{i}": (64, 256) for i in range(4)} | {"b": (256,)}
+
+
+def _computations(hlo: str) -> dict[str, str]:
+    """Each computation's body by name (``%fused_computation.3`` -> its text)."""
+    out, name, body = {}, None, []
+    for line in hlo.splitlines():
+        head = re.match(r"^(?:ENTRY\s+)?(%\S+)\s.*\{$", line)
+        if head:
+            name, body = head.group(1), []
+        elif line.startswith("}") and name:
+            out[name] = "\n".join(body)
+            name = None
+        elif name:
+            body.append(line)
+    return out
+
+
+def sliced_leaf_kernels(hlo: str, min_elements: int) -> list[str]:
+    """Fusions writing ``>= min_elements`` elements whose kernel holds a slice."""
+    comps = _computations(hlo)
+    found = []
+    for name, typ, opcode, _ in _definitions(hlo):
+        if opcode != "fusion":
+            continue
+        size = max(
+            (math.prod(int(d) for d in dims.split(",") if d) for dims in _ARRAY.findall(typ)),
+            default=0,
+        )
+        line = next(line for line in hlo.splitlines() if f"{name} = " in line)
+        called = re.search(r"calls=(%[\w.\-]+)", line)
+        if size >= min_elements and called and " slice(" in comps.get(called.group(1), ""):
+            found.append(name)
+    return found
+
+
+@pytest.mark.parametrize("name", ["agc", "unit-ema"])
+def test_unit_factors_are_not_constant_slices(name):
+    hlo = compiled_hlo(make(name), SAME_SHAPES)
+    assert not sliced_leaf_kernels(hlo, 64 * 256), hlo
+
+
+def test_sliced_kernel_check_catches_constant_slices():
+    # The check sees a per-unit scale read with constant slices.
+    def sliced(updates, state, params=None):
+        del params
+        leaves, treedef = jax.tree.flatten(updates)
+        sums = [jnp.sum(g * g, axis=0).reshape(-1) for g in leaves]  # a vector's: one unit
+        scale = jnp.minimum(1.0, 1.0 / jnp.maximum(jnp.sqrt(jnp.concatenate(sums)), 1e-6))
+        # (Else XLA reads each leaf's slice of the concatenation from its part.)
+        scale = jax.lax.optimization_barrier(scale)
+        out, at = [], 0
+        for g, s in zip(leaves, sums, strict=True):
+            part = jax.lax.slice(scale, (at,), (at + s.size,))
+            out.append(g * (part[None, :] if g.ndim == 2 else part[0]))
+            at += s.size
+        return jax.tree.unflatten(treedef, out), state
+
+    tx = optax.GradientTransformation(lambda p: optax.EmptyState(), sliced)
+    assert sliced_leaf_kernels(compiled_hlo(tx, SAME_SHAPES), 64 * 256)

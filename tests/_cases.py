@@ -258,7 +258,9 @@ _INJECT = {
         Inject(
             lambda sigma, min_history: G(adaclip.rolling_zscore(sigma, 4, min_history=min_history)),
             dict(sigma=3.0, min_history=2),
-            dict(sigma=0.1, min_history=50),
+            # min_history stays injected; once the window is full, changing it
+            # (to at most the window: more could never act) changes nothing.
+            dict(sigma=0.1),
         ),
     ),
     "global-ema_zscore": (
@@ -492,7 +494,9 @@ CASES.update(
                         loss_rule=adaclip.rolling_zscore(sigma, 6, min_history=min_history),
                     ),
                     dict(sigma=3.0, min_history=2),
-                    dict(sigma=0.1, min_history=50),
+                    # min_history stays injected; once the window is full, changing it
+                    # (to at most the window: more could never act) changes nothing.
+                    dict(sigma=0.1),
                     extra=_loss,
                 ),
             ),

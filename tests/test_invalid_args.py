@@ -532,10 +532,10 @@ CASES = [
     (
         "unit-nonfinite",
         adaclip.clip_by_unit_norm,
-        {"threshold": 1.0, "nonfinite": "zero"},
+        {"threshold": 1.0, "nonfinite": "drop"},
         ValueError,
         "nonfinite",
-        "zero",
+        "drop",
     ),
     (
         "unit-eps-neg",

@@ -7,6 +7,8 @@ differences in float64, never with adaclip's own output.
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -288,3 +290,30 @@ def test_unit_norms_of_huge_and_tiny_rows_equal_numpy(scale):
     norms = np.linalg.norm(g.astype(np.float64), axis=0, keepdims=True)  # axis: reduced
     want = g * np.minimum(1.0, threshold / norms)
     np.testing.assert_allclose(np.asarray(out["w"], np.float64), want, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------
+# _blocks: the axes a callable ``axis`` returns are checked at init, and a
+# negative stack axis counts from the end as NumPy's does.
+
+
+@pytest.mark.parametrize("bad", [1.5, (0.5,), (True,), "0"])
+def test_callable_axis_of_a_wrong_type_fails_at_init_naming_axis(bad):
+    tx = adaclip.clip_by_unit_norm(1.0, axis=lambda path, leaf: bad)
+    with pytest.raises(TypeError, match=r"axis must be an int.*got"):
+        tx.init({"w": jnp.zeros((3, 4))})
+
+
+def test_negative_stack_axis_counts_from_the_end_like_numpy():
+    g = np.arange(1.0, 13.0, dtype=np.float32).reshape(3, 4)
+    params = {"layers": {"w": jnp.ones((3, 4))}}
+    for stack_axis, kept in [(0, 0), (-2, 0), (1, 1), (-1, 1)]:
+        tx = adaclip.clip_by_unit_norm(
+            math.inf, axis=adaclip.stacked("layers", stack_axis=stack_axis)
+        )
+        _, state = tx.update({"layers": {"w": jnp.asarray(g)}}, tx.init(params))
+        want = np.linalg.norm(g, axis=1 - kept)  # one norm per index of the stack axis
+        np.testing.assert_allclose(adaclip.metrics(state, params)["norm/layers/w"], want, rtol=1e-6)
+    with pytest.raises(ValueError, match="stack_axis -3"):
+        tx = adaclip.clip_by_unit_norm(1.0, axis=adaclip.stacked("layers", stack_axis=-3))
+        tx.init(params)

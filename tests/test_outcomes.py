@@ -53,7 +53,7 @@ def test_score_oracle_regret_and_divergence():
         r for r, row in enumerate(rows) if row[0] == f"fixed {oc.FIXED[fixed[:, 0].argmin()]:g}"
     ]
     assert ratio[r_best[0], 0] == pytest.approx(1.0)
-    summ = oc.summary(rows, ratio, diverged)
+    summ = oc.summary(rows, ratio, diverged, cells)
     by_name = {s["strategy"]: s for s in summ}
     assert by_name["no clipping"]["diverged"] == 2
     expected = int(np.sum(ratio[r_none] <= 1.05))
@@ -118,7 +118,7 @@ def test_score_is_the_mean_of_the_last_evaluations():
         lambda key, step: jnp.zeros([], jnp.float32),
         lambda p, b, step: jnp.square(p["w"] - 1.0),
         lambda p: p["w"],
-        lambda lr, n: optax.sgd(lr),
+        lambda lr, n: (optax.identity(), optax.scale_by_learning_rate(lr)),
         steps,
         lrs,
         "sgd",
@@ -147,3 +147,70 @@ def test_strategies_option_keeps_commas_inside_names():
     assert result.returncode == 2, result.stderr
     assert "unknown ['nope(1, 2)']" in result.stderr
     assert "'ema(2, .99)'" in result.stderr.split("known:")[1]
+
+
+def _fake_cells(oc, per_task=2):
+    return [(t, j, 0.1 * (j + 1)) for t in oc.SELECTION + oc.HELD_OUT for j in range(per_task)]
+
+
+def test_protocol_chooses_on_the_selection_cells_alone():
+    oc = _load()
+    rows = oc.strategy_rows()
+    cells = _fake_cells(oc)
+    sel = [c for c, cell in enumerate(cells) if cell[0] in oc.SELECTION]
+    held = [c for c, cell in enumerate(cells) if cell[0] in oc.HELD_OUT]
+    ratio = np.full((len(rows), len(cells)), 2.0)
+    index = {row[0]: r for r, row in enumerate(rows)}
+    # a candidate that is perfect on the held-out tasks only must not be chosen
+    ratio[index["zclip()"], held] = 1.0
+    # two candidates tie on the count of selection cells; the smaller geometric
+    # mean wins, and its held-out count is reported as it is
+    ratio[index["agc()"], sel] = 1.04
+    ratio[index["quantile(0.9)"], sel] = 1.01
+    ratio[index["quantile(0.9)"], held[:1]] = 1.0
+    # the fixed rows: "fixed 1" wins on selection, "fixed 3" would win on held out
+    ratio[index["fixed 1"], sel[:3]] = 1.0
+    ratio[index["fixed 3"], held] = 1.0
+    # rows that are not candidates never become the default
+    ratio[index["no clipping"]] = 1.0
+    ratio[index["optax 1.0"]] = 1.0
+    got = oc.protocol(rows, cells, ratio)
+    assert got["default"]["strategy"] == "quantile(0.9)"
+    assert got["default"]["selection"] == (len(sel), len(sel))
+    assert got["default"]["held_out"] == (1, len(held))
+    assert got["default"]["selection_geomean"] == pytest.approx(1.01)
+    assert got["fixed"]["strategy"] == "fixed 1"
+    assert got["fixed"]["selection"] == (3, len(sel))
+    assert got["fixed"]["held_out"] == (0, len(held))
+    assert got["fixed_hindsight"]["strategy"] == "fixed 3"
+
+
+def test_selection_and_held_out_tasks_are_declared_and_disjoint():
+    oc = _load()
+    names = [t.name for t in oc.build_tasks(smoke=True)]
+    assert set(oc.SELECTION).isdisjoint(oc.HELD_OUT)
+    assert sorted(names) == sorted(oc.SELECTION + oc.HELD_OUT)
+    assert oc.RECOMMENDED in oc.STRATEGIES
+    assert oc.RECOMMENDED not in oc.NOT_CANDIDATES
+
+
+def test_committed_results_chose_the_recommended_default():
+    # The committed numbers, re-scored by the protocol, choose the default that
+    # the benchmark, the README and the docs recommend.
+    oc = _load()
+    blob = json.loads((ROOT / "benchmarks" / "outcomes.json").read_text())
+    rows = [(name, name.removesuffix(" (recommended)"), 0) for name in blob["rows"]]
+    rows = [
+        (name, "fixed" if key.startswith("fixed ") else key, i) for name, key, i in rows
+    ]
+    cells = [(t, j, lr) for j, (t, lr) in enumerate(blob["cells"])]
+    ratio = np.array(blob["ratio"], dtype=float)
+    got = oc.protocol(rows, cells, ratio)
+    assert got["default"]["key"] == oc.RECOMMENDED == blob["recommended"]
+    assert blob["selection_tasks"] == list(oc.SELECTION)
+    assert blob["held_out_tasks"] == list(oc.HELD_OUT)
+    code = oc.RECOMMENDED_CODE
+    for page in ("README.md", "docs/index.md", "docs/getting-started.md"):
+        text = (ROOT / page).read_text()
+        first_block = text.split("```python", 1)[1].split("```", 1)[0]
+        assert code in first_block, f"{page}: the first code block does not use {code}"

@@ -386,6 +386,154 @@ def transformer_task(
     )
 
 
+# --- 6. A small convolutional network without normalisation layers on digits.
+def conv_task(c1=8, c2=16, batch=32, steps=1500, lrs=(0.03, 0.1, 0.2, 0.3)):
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    x_all = (data.images / 16.0).astype(np.float32)[..., None]  # (n, 8, 8, 1), NHWC
+    y_all = data.target.astype(np.int32)
+    order = np.random.default_rng(0).permutation(len(y_all))  # the digits task's split
+    x_all, y_all = x_all[order], y_all[order]
+    n_train = 1400
+    x_tr, y_tr = jnp.asarray(x_all[:n_train]), jnp.asarray(y_all[:n_train])
+    x_va, y_va = jnp.asarray(x_all[n_train:]), jnp.asarray(y_all[n_train:])
+
+    def conv_init(key, c_in, c_out):
+        # He initialisation (scale sqrt(2 / fan_in)), zero biases: no normalisation layer
+        # keeps the activations' scale, the initialisation alone does.
+        w = jax.random.normal(key, (3, 3, c_in, c_out)) * np.sqrt(2.0 / (9 * c_in))
+        return {"w": w, "b": jnp.zeros((c_out,))}
+
+    def init(key):
+        k1, k2, k3 = jax.random.split(key, 3)
+        return {
+            "c1": conv_init(k1, 1, c1),
+            "c2": conv_init(k2, c1, c2),
+            "out": _dense(k3, 4 * 4 * c2, 10),
+        }
+
+    def conv(p, x):
+        # A 3x3 "SAME" convolution as one matmul over the patches: equal to
+        # jax.lax.conv_general_dilated, which, with a kernel per vmapped run (a
+        # grouped convolution), XLA's CPU backend runs ~10x slower inside a scan.
+        _, hgt, wid, _ = x.shape
+        xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+        cols = [xp[:, i : i + hgt, j : j + wid] for i in range(3) for j in range(3)]
+        w = p["w"].reshape(-1, p["w"].shape[-1])  # (3 * 3 * c_in, c_out), row-major as cols
+        return jnp.concatenate(cols, -1) @ w + p["b"]
+
+    def logits(p, x):
+        h = jax.nn.relu(conv(p["c1"], x))
+        h = jax.nn.relu(conv(p["c2"], h))  # (n, 8, 8, c2)
+        n = h.shape[0]
+        h = h.reshape(n, 4, 2, 4, 2, c2).mean((2, 4))  # 2x2 average pooling
+        return h.reshape(n, -1) @ p["out"]["w"] + p["out"]["b"]
+
+    def ce(p, x, y):
+        return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits(p, x), y))
+
+    def make_batch(key, step):
+        del step
+        idx = jax.random.randint(key, (batch,), 0, n_train)
+        return x_tr[idx], y_tr[idx]
+
+    def loss(p, b, step):
+        del step
+        return ce(p, *b)
+
+    return Task(
+        "conv",
+        f"digits CNN (conv {c1}-{c2}, no normalisation), held-out cross-entropy",
+        init,
+        make_batch,
+        loss,
+        lambda p: ce(p, x_va, y_va),
+        _sgd(0.9, 50),
+        steps,
+        lrs,
+        "sgd with momentum 0.9, 50-step linear warm-up",
+    )
+
+
+# --- 7. A small causal transformer language model on the LSTM task's text. With Adam,
+# at the top learning rates the training loss climbs back up mid-run (towards ~3,
+# near a unigram model's) while the gradient norm shows rare large spikes; clipping
+# the gradient fed to Adam, which is invariant to its scale, hardly helps there.
+def lm_task(d=32, heads=2, layers=2, seq_len=32, batch=16, steps=500, lrs=(1e-2, 3e-2, 6e-2, 1e-1)):
+    vocab = 97
+    train_np, val_np, _, _ = stdlib_text()
+    train_text = jnp.asarray(train_np)
+    val_np = val_np[: (len(val_np) // (seq_len + 1)) * (seq_len + 1)]
+    val_windows = jnp.asarray(val_np.reshape(-1, seq_len + 1)[:128])
+    causal = jnp.tril(jnp.ones((seq_len, seq_len), bool))
+
+    def init(key):
+        keys = jax.random.split(key, 3 + layers)
+        p = {
+            "emb": jax.random.normal(keys[0], (vocab, d)) * 0.5,
+            "pos": jax.random.normal(keys[1], (seq_len, d)) * 0.5,
+            "out": _dense(keys[2], d, vocab),
+            "ln": jnp.ones((d,)),
+            "blocks": [],
+        }
+        for k in keys[3:]:
+            ka, kb, kc, kd = jax.random.split(k, 4)
+            p["blocks"].append(
+                {
+                    "qkv": _dense(ka, d, 3 * d),
+                    "proj": _dense(kb, d, d),
+                    "ff1": _dense(kc, d, 4 * d),
+                    "ff2": _dense(kd, 4 * d, d),
+                    "ln1": jnp.ones((d,)),
+                    "ln2": jnp.ones((d,)),
+                }
+            )
+        return p
+
+    def norm(x, g):
+        x = x - x.mean(-1, keepdims=True)
+        return g * x / jnp.sqrt((x**2).mean(-1, keepdims=True) + 1e-5)
+
+    def logits(p, x):
+        n, t = x.shape
+        h = p["emb"][x] + p["pos"][:t]
+        for blk in p["blocks"]:  # pre-LN blocks
+            z = norm(h, blk["ln1"]) @ blk["qkv"]["w"] + blk["qkv"]["b"]
+            q, k, v = (u.reshape(n, t, heads, d // heads) for u in jnp.split(z, 3, -1))
+            s = jnp.einsum("nthc,nshc->nhts", q, k) / np.sqrt(d // heads)
+            att = jax.nn.softmax(jnp.where(causal[:t, :t], s, -1e9), -1)
+            o = jnp.einsum("nhts,nshc->nthc", att, v).reshape(n, t, d)
+            h = h + o @ blk["proj"]["w"] + blk["proj"]["b"]
+            f = jax.nn.gelu(norm(h, blk["ln2"]) @ blk["ff1"]["w"] + blk["ff1"]["b"])
+            h = h + f @ blk["ff2"]["w"] + blk["ff2"]["b"]
+        return norm(h, p["ln"]) @ p["out"]["w"] + p["out"]["b"]
+
+    def loss(p, windows, step):
+        del step
+        lg = logits(p, windows[:, :-1])
+        return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(lg, windows[:, 1:]))
+
+    def make_batch(key, step):
+        del step
+        starts = jax.random.randint(key, (batch,), 0, train_text.shape[0] - seq_len - 1)
+        return jax.vmap(lambda s: jax.lax.dynamic_slice(train_text, (s,), (seq_len + 1,)))(starts)
+
+    return Task(
+        "lm",
+        f"causal transformer LM ({layers} layers, d = {d}, {seq_len} bytes) on stdlib sources, "
+        "cross-entropy",
+        init,
+        make_batch,
+        loss,
+        lambda p: loss(p, val_windows, 0),
+        _adam(50),
+        steps,
+        lrs,
+        "adam, 50-step linear warm-up",
+    )
+
+
 # ---------------------------------------------------------------------------
 # Strategies. Each maps a traced hyper-parameter (one per run, used only by
 # the fixed thresholds) to what it adds to the task's optimizer: None (the
@@ -1056,8 +1204,18 @@ def build_tasks(smoke):
             regression_task(width=8, batch=8, steps=10, lrs=(1e-2, 1e-1)),
             digits_task(width=8, batch=8, steps=10, lrs=(1e-2, 1e-1)),
             transformer_task(n_tok=4, vocab=5, d=8, layers=1, batch=4, steps=10, lrs=(1e-3, 1e-2)),
+            conv_task(c1=2, c2=4, batch=8, steps=10, lrs=(1e-2, 1e-1)),
+            lm_task(d=8, heads=2, layers=1, seq_len=8, batch=4, steps=10, lrs=(1e-3, 1e-2)),
         ]
-    return [adding_task(), lstm_task(), regression_task(), digits_task(), transformer_task()]
+    return [
+        adding_task(),
+        lstm_task(),
+        regression_task(),
+        digits_task(),
+        transformer_task(),
+        conv_task(),
+        lm_task(),
+    ]
 
 
 BEGIN, END = (

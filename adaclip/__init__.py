@@ -29,6 +29,7 @@ from adaclip._recipes import AdaGCState as AdaGCState
 from adaclip._recipes import adagc as adagc
 from adaclip._recipes import agc as agc
 from adaclip._recipes import autoclip as autoclip
+from adaclip._recipes import stabilize as stabilize
 from adaclip._recipes import zclip as zclip
 from adaclip._replay import Trace as Trace
 from adaclip._replay import replay as replay
@@ -103,6 +104,7 @@ __all__ = [
     "scheduled",
     "skip_bad_steps",
     "spam",
+    "stabilize",
     "stacked",
     "warmup",
     "zclip",

@@ -200,9 +200,7 @@ def test_committed_results_chose_the_recommended_default():
     oc = _load()
     blob = json.loads((ROOT / "benchmarks" / "outcomes.json").read_text())
     rows = [(name, name.removesuffix(" (recommended)"), 0) for name in blob["rows"]]
-    rows = [
-        (name, "fixed" if key.startswith("fixed ") else key, i) for name, key, i in rows
-    ]
+    rows = [(name, "fixed" if key.startswith("fixed ") else key, i) for name, key, i in rows]
     cells = [(t, j, lr) for j, (t, lr) in enumerate(blob["cells"])]
     ratio = np.array(blob["ratio"], dtype=float)
     got = oc.protocol(rows, cells, ratio)

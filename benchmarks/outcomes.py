@@ -706,8 +706,9 @@ NOT_CANDIDATES = ("no clipping", "fixed", "optax 1.0")
 
 # The recommended default: what the protocol chose on the last full run
 # (the page and tests/test_outcomes.py check that they agree).
-RECOMMENDED = "autoclip()"
-RECOMMENDED_CODE = "adaclip.autoclip()"  # how the README and the docs spell it
+RECOMMENDED = "ema(1, .99, raw) + step ratio 0.03"
+# how the README and the docs spell it: the same chain (tests/test_stabilize.py)
+RECOMMENDED_CODE = "adaclip.stabilize("
 
 
 def strategy_rows():
@@ -1070,7 +1071,7 @@ def heatmap(tasks, rows, cells, ratio, diverged, n_seeds, path):
 
 
 def norms_plot(tasks, results, path):
-    wanted = ("no clipping", "ema(2, .99)", "autoclip()", RECOMMENDED)
+    wanted = ("no clipping", "autoclip()", RECOMMENDED)
     names = [n for n in dict.fromkeys(wanted) if n in STRATEGIES]
     import matplotlib
 

@@ -79,7 +79,7 @@ def test_readme_quickstart_chain_skips_the_whole_nan_step():
 
 def test_getting_started_chain_skips_the_whole_nan_step():
     blocks = BLOCK.findall((ROOT / "docs" / "getting-started.md").read_text())
-    code = next(b for b in blocks if "autoclip()" in b and "tx =" in b)
+    code = next(b for b in blocks if "skip_bad_steps(" in b and "tx =" in b)
     namespace: dict = {}
     with jax.numpy_dtype_promotion("standard"):
         exec(compile(code, "getting-started.md", "exec"), namespace)  # noqa: S102

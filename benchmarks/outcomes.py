@@ -1,17 +1,21 @@
 """Outcomes benchmark: does adaptive clipping earn its keep?
 
-Five small training tasks that need no downloads, each at several learning
+Seven small training tasks that need no downloads, each at several learning
 rates (from comfortably stable to unstable without clipping) and seeds, are
 trained behind every clipping strategy on identical batches: no clipping,
 fixed thresholds over three decades (the best of them in a cell is the
 *oracle*), ``optax.clip_by_global_norm(1.0)``, every adaptive rule and recipe
-of adaclip at its documented defaults, and the recommended default. The
+of adaclip at its documented defaults, the new signals (parameters, the
+update, the second moment, the step, the loss) and compositions of them. The
 score of a run is its mean loss on held-out data over the last fifth of
 training (measured at 80%, 90% and 100% of the steps); a run has *diverged*
 when that score is not finite or is above the loss at initialisation.
 
-    python benchmarks/outcomes.py            # the full run, ~22 min on 2 cores (docs/outcomes.md)
-    python benchmarks/outcomes.py --smoke    # every task and strategy, tiny
+The recommended default is chosen by a declared protocol: on the SELECTION
+tasks alone, then reported on the HELD_OUT ones (see ``protocol``).
+
+    python benchmarks/outcomes.py --cache DIR   # the full run, ~52 min on 2 cores (docs/outcomes.md)
+    python benchmarks/outcomes.py --smoke       # every task and strategy, tiny
 
 Writes, under ``--out`` (default ``docs/``): the tables (a table per task, the
 summary per strategy, the replay check) between the markers of

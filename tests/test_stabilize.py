@@ -164,3 +164,33 @@ def test_update_without_params_fails_naming_params():
     params = {"w": jnp.ones(2)}
     with pytest.raises((TypeError, ValueError), match="params"):
         tx.update(params, tx.init(params))
+
+
+def test_in_an_nnx_optimizer_under_nnx_jit():
+    nnx = pytest.importorskip("flax.nnx")
+    model = nnx.Linear(4, 2, rngs=nnx.Rngs(0))
+    w0 = np.asarray(model.kernel[...])
+    opt = nnx.Optimizer(model, adaclip.stabilize(optax.sgd(100.0)), wrt=nnx.Param)
+
+    @nnx.jit
+    def step(model, opt, x, y):
+        grads = nnx.grad(lambda m: jnp.mean((m(x) - y) ** 2))(model)
+        opt.update(model, grads)
+
+    step(model, opt, jnp.ones((8, 4)), jnp.zeros((8, 2)))
+    # a huge learning rate: the step is 3% of the parameters' norm (the bias is 0)
+    moved = np.linalg.norm(np.asarray(model.kernel[...]) - w0) ** 2
+    moved += np.linalg.norm(np.asarray(model.bias[...])) ** 2
+    np.testing.assert_allclose(np.sqrt(moved), 0.03 * np.linalg.norm(w0), rtol=1e-4)
+    assert {"0/threshold", "2/threshold"} <= set(adaclip.metrics(opt.opt_state))
+
+
+def test_hyper_parameters_can_be_injected():
+    tx = optax.inject_hyperparams(adaclip.stabilize, static_args=("optimizer",))(
+        optimizer=optax.sgd(1.0), max_step_ratio=0.05
+    )
+    params = {"w": jnp.ones(3)}
+    state = tx.init(params)
+    state.hyperparams["max_step_ratio"] = jnp.float32(0.01)
+    updates, _ = jax.jit(tx.update)({"w": jnp.ones(3)}, state, params)
+    np.testing.assert_allclose(float(optax.tree.norm(updates)), 0.01 * np.sqrt(3), rtol=1e-5)

@@ -14,7 +14,7 @@ when that score is not finite or is above the loss at initialisation.
 The recommended default is chosen by a declared protocol: on the SELECTION
 tasks alone, then reported on the HELD_OUT ones (see ``protocol``).
 
-    python benchmarks/outcomes.py --cache DIR   # the full run, ~52 min on 2 cores (docs/outcomes.md)
+    python benchmarks/outcomes.py --cache DIR   # the full run, ~52 min on 2 cores
     python benchmarks/outcomes.py --smoke       # every task and strategy, tiny
 
 Writes, under ``--out`` (default ``docs/``): the tables (a table per task, the

@@ -194,3 +194,61 @@ def test_hyper_parameters_can_be_injected():
     state.hyperparams["max_step_ratio"] = jnp.float32(0.01)
     updates, _ = jax.jit(tx.update)({"w": jnp.ones(3)}, state, params)
     np.testing.assert_allclose(float(optax.tree.norm(updates)), 0.01 * np.sqrt(3), rtol=1e-5)
+
+
+FSDP_SCRIPT = """
+import os
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+import jax, jax.numpy as jnp, numpy as np, optax, adaclip
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+mesh = jax.make_mesh((4,), ("d",))
+rng = np.random.default_rng(0)
+params = {"w": jnp.asarray(rng.normal(size=(8, 3)), jnp.float32),
+          "b": jnp.asarray(rng.normal(size=(4,)), jnp.float32)}
+grads = [{k: jnp.asarray(rng.normal(size=v.shape) * (30.0 if t == 3 else 1.0), jnp.float32)
+          for k, v in params.items()} for t in range(6)]
+
+def run(tx, step):
+    p, state, out = params, None, []
+    for g in grads:
+        p, state = step(tx, p, state, g)
+        out.append(jax.tree.map(np.asarray, p))
+    return out
+
+def one_device(tx, p, state, g):
+    state = tx.init(p) if state is None else state
+    u, state = tx.update(g, state, p)
+    return optax.apply_updates(p, u), state
+
+def sharded(tx, p, state, g):
+    def body(p, g, state):
+        u, state = tx.update(g, state, p)
+        return optax.apply_updates(p, u), state
+    shard = lambda t: jax.device_put(t, NamedSharding(mesh, P("d")))
+    if state is None:
+        init = jax.shard_map(tx.init, mesh=mesh, in_specs=P("d"), out_specs=P())
+        state = jax.jit(init)(shard(p))
+    f = jax.shard_map(body, mesh=mesh, in_specs=(P("d"), P("d"), P()), out_specs=(P("d"), P()))
+    return jax.jit(f)(shard(p), shard(g), state)
+
+ref = run(adaclip.stabilize(optax.sgd(5.0)), one_device)
+got = run(adaclip.stabilize(optax.sgd(5.0), axis_name="d"), sharded)
+for a, b in zip(ref, got):
+    for k in a:
+        np.testing.assert_allclose(b[k], a[k], rtol=2e-6, atol=1e-7)
+print("OK")
+"""
+
+
+def test_fsdp_shard_map_equals_one_device():
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env["JAX_PLATFORMS"] = "cpu"
+    result = subprocess.run(
+        [sys.executable, "-c", FSDP_SCRIPT], capture_output=True, text=True, timeout=300, env=env
+    )
+    assert result.returncode == 0 and "OK" in result.stdout, result.stdout + result.stderr

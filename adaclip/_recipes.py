@@ -543,12 +543,10 @@ def stabilize(
         >>> print(round(float(optax.tree.norm(updates)), 6))
         0.06
     """
+    # any object with optax's init and update (a GradientTransformation,
+    # with or without extra args, or a user's own)
     if not (
-        isinstance(optimizer, optax.GradientTransformation | optax.GradientTransformationExtraArgs)
-        or (
-            callable(getattr(optimizer, "init", None))
-            and callable(getattr(optimizer, "update", None))
-        )
+        callable(getattr(optimizer, "init", None)) and callable(getattr(optimizer, "update", None))
     ):
         raise TypeError(
             "stabilize: optimizer must be an optax GradientTransformation (e.g. "

@@ -167,12 +167,26 @@ def stdlib_text(n_train=40, n_val=8, max_bytes=60_000):
     return encode(train), encode(val), [p.name for p in train], [p.name for p in val]
 
 
-def lstm_task(hidden=32, embed=16, seq_len=20, batch=16, steps=800, lrs=(3.0, 10.0, 20.0, 40.0)):
-    vocab = 97
+def text_windows(seq_len, batch, n_val):
+    """The stdlib text as windows of ``seq_len + 1`` bytes: a batch maker
+    ``(key, step) -> (batch, seq_len + 1)`` over the training text, and the
+    first ``n_val`` held-out windows."""
     train_np, val_np, _, _ = stdlib_text()
     train_text = jnp.asarray(train_np)
     val_np = val_np[: (len(val_np) // (seq_len + 1)) * (seq_len + 1)]
-    val_windows = jnp.asarray(val_np.reshape(-1, seq_len + 1)[:256])
+    val_windows = jnp.asarray(val_np.reshape(-1, seq_len + 1)[:n_val])
+
+    def make_batch(key, step):
+        del step
+        starts = jax.random.randint(key, (batch,), 0, train_text.shape[0] - seq_len - 1)
+        return jax.vmap(lambda s: jax.lax.dynamic_slice(train_text, (s,), (seq_len + 1,)))(starts)
+
+    return make_batch, val_windows
+
+
+def lstm_task(hidden=32, embed=16, seq_len=20, batch=16, steps=800, lrs=(3.0, 10.0, 20.0, 40.0)):
+    vocab = 97
+    make_batch, val_windows = text_windows(seq_len, batch, 256)
 
     def init(key):
         k1, k2, k3 = jax.random.split(key, 3)
@@ -201,11 +215,6 @@ def lstm_task(hidden=32, embed=16, seq_len=20, batch=16, steps=800, lrs=(3.0, 10
         del step
         lg = logits(p, windows[:, :-1])
         return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(lg, windows[:, 1:]))
-
-    def make_batch(key, step):
-        del step
-        starts = jax.random.randint(key, (batch,), 0, train_text.shape[0] - seq_len - 1)
-        return jax.vmap(lambda s: jax.lax.dynamic_slice(train_text, (s,), (seq_len + 1,)))(starts)
 
     return Task(
         "lstm",
@@ -322,6 +331,53 @@ def digits_task(width=64, batch=32, steps=1500, lrs=(3e-3, 1e-2, 3e-2, 1e-1), ju
     )
 
 
+# --- Pieces shared by the two transformers (5 and 7): pre-LN blocks.
+def _transformer_params(key, vocab, d, n_pos, layers, final_norm=False):
+    keys = jax.random.split(key, 3 + layers)
+    p = {
+        "emb": jax.random.normal(keys[0], (vocab, d)) * 0.5,
+        "pos": jax.random.normal(keys[1], (n_pos, d)) * 0.5,
+        "out": _dense(keys[2], d, vocab),
+        "blocks": [],
+    }
+    if final_norm:
+        p["ln"] = jnp.ones((d,))
+    for k in keys[3:]:
+        ka, kb, kc, kd = jax.random.split(k, 4)
+        p["blocks"].append(
+            {
+                "qkv": _dense(ka, d, 3 * d),
+                "proj": _dense(kb, d, d),
+                "ff1": _dense(kc, d, 4 * d),
+                "ff2": _dense(kd, 4 * d, d),
+                "ln1": jnp.ones((d,)),
+                "ln2": jnp.ones((d,)),
+            }
+        )
+    return p
+
+
+def _layer_norm(x, g):
+    x = x - x.mean(-1, keepdims=True)
+    return g * x / jnp.sqrt((x**2).mean(-1, keepdims=True) + 1e-5)
+
+
+def _transformer_blocks(blocks, h, heads, mask=None):
+    """Pre-LN attention + MLP blocks on ``h`` (n, t, d); ``mask`` (t, t) keeps
+    the attention scores where it is True."""
+    n, t, d = h.shape
+    for blk in blocks:
+        z = _layer_norm(h, blk["ln1"]) @ blk["qkv"]["w"] + blk["qkv"]["b"]
+        q, k, v = (u.reshape(n, t, heads, d // heads) for u in jnp.split(z, 3, -1))
+        s = jnp.einsum("nthc,nshc->nhts", q, k) / np.sqrt(d // heads)
+        att = jax.nn.softmax(s if mask is None else jnp.where(mask, s, -1e9), -1)
+        o = jnp.einsum("nhts,nshc->nthc", att, v).reshape(n, t, d)
+        h = h + o @ blk["proj"]["w"] + blk["proj"]["b"]
+        f = jax.nn.gelu(_layer_norm(h, blk["ln2"]) @ blk["ff1"]["w"] + blk["ff1"]["b"])
+        h = h + f @ blk["ff2"]["w"] + blk["ff2"]["b"]
+    return h
+
+
 # --- 5. A small transformer on a synthetic sorting task.
 def transformer_task(
     n_tok=8, vocab=16, d=16, heads=2, layers=2, batch=16, steps=600, lrs=(3e-3, 1e-2, 3e-2, 1e-1)
@@ -331,42 +387,10 @@ def transformer_task(
         return x, jnp.sort(x, axis=-1)
 
     def init(key):
-        keys = jax.random.split(key, 3 + layers)
-        p = {
-            "emb": jax.random.normal(keys[0], (vocab, d)) * 0.5,
-            "pos": jax.random.normal(keys[1], (n_tok, d)) * 0.5,
-            "out": _dense(keys[2], d, vocab),
-            "blocks": [],
-        }
-        for k in keys[3:]:
-            ka, kb, kc, kd = jax.random.split(k, 4)
-            p["blocks"].append(
-                {
-                    "qkv": _dense(ka, d, 3 * d),
-                    "proj": _dense(kb, d, d),
-                    "ff1": _dense(kc, d, 4 * d),
-                    "ff2": _dense(kd, 4 * d, d),
-                    "ln1": jnp.ones((d,)),
-                    "ln2": jnp.ones((d,)),
-                }
-            )
-        return p
-
-    def norm(x, g):
-        x = x - x.mean(-1, keepdims=True)
-        return g * x / jnp.sqrt((x**2).mean(-1, keepdims=True) + 1e-5)
+        return _transformer_params(key, vocab, d, n_tok, layers)
 
     def logits(p, x):
-        h = p["emb"][x] + p["pos"]
-        n, t = x.shape
-        for blk in p["blocks"]:
-            z = norm(h, blk["ln1"]) @ blk["qkv"]["w"] + blk["qkv"]["b"]
-            q, k, v = (u.reshape(n, t, heads, d // heads) for u in jnp.split(z, 3, -1))
-            att = jax.nn.softmax(jnp.einsum("nthc,nshc->nhts", q, k) / np.sqrt(d // heads), -1)
-            o = jnp.einsum("nhts,nshc->nthc", att, v).reshape(n, t, d)
-            h = h + o @ blk["proj"]["w"] + blk["proj"]["b"]
-            f = jax.nn.gelu(norm(h, blk["ln2"]) @ blk["ff1"]["w"] + blk["ff1"]["b"])
-            h = h + f @ blk["ff2"]["w"] + blk["ff2"]["b"]
+        h = _transformer_blocks(p["blocks"], p["emb"][x] + p["pos"], heads)
         return h @ p["out"]["w"] + p["out"]["b"]
 
     def loss(p, b, step):
@@ -468,62 +492,21 @@ def lm_task(
     d=32, heads=2, layers=2, seq_len=24, batch=16, steps=400, lrs=(3e-3, 1e-2, 3e-2, 1e-1), b2=0.95
 ):
     vocab = 97
-    train_np, val_np, _, _ = stdlib_text()
-    train_text = jnp.asarray(train_np)
-    val_np = val_np[: (len(val_np) // (seq_len + 1)) * (seq_len + 1)]
-    val_windows = jnp.asarray(val_np.reshape(-1, seq_len + 1)[:128])
+    make_batch, val_windows = text_windows(seq_len, batch, 128)
     causal = jnp.tril(jnp.ones((seq_len, seq_len), bool))
 
     def init(key):
-        keys = jax.random.split(key, 3 + layers)
-        p = {
-            "emb": jax.random.normal(keys[0], (vocab, d)) * 0.5,
-            "pos": jax.random.normal(keys[1], (seq_len, d)) * 0.5,
-            "out": _dense(keys[2], d, vocab),
-            "ln": jnp.ones((d,)),
-            "blocks": [],
-        }
-        for k in keys[3:]:
-            ka, kb, kc, kd = jax.random.split(k, 4)
-            p["blocks"].append(
-                {
-                    "qkv": _dense(ka, d, 3 * d),
-                    "proj": _dense(kb, d, d),
-                    "ff1": _dense(kc, d, 4 * d),
-                    "ff2": _dense(kd, 4 * d, d),
-                    "ln1": jnp.ones((d,)),
-                    "ln2": jnp.ones((d,)),
-                }
-            )
-        return p
-
-    def norm(x, g):
-        x = x - x.mean(-1, keepdims=True)
-        return g * x / jnp.sqrt((x**2).mean(-1, keepdims=True) + 1e-5)
+        return _transformer_params(key, vocab, d, seq_len, layers, final_norm=True)
 
     def logits(p, x):
-        n, t = x.shape
-        h = p["emb"][x] + p["pos"][:t]
-        for blk in p["blocks"]:  # pre-LN blocks
-            z = norm(h, blk["ln1"]) @ blk["qkv"]["w"] + blk["qkv"]["b"]
-            q, k, v = (u.reshape(n, t, heads, d // heads) for u in jnp.split(z, 3, -1))
-            s = jnp.einsum("nthc,nshc->nhts", q, k) / np.sqrt(d // heads)
-            att = jax.nn.softmax(jnp.where(causal[:t, :t], s, -1e9), -1)
-            o = jnp.einsum("nhts,nshc->nthc", att, v).reshape(n, t, d)
-            h = h + o @ blk["proj"]["w"] + blk["proj"]["b"]
-            f = jax.nn.gelu(norm(h, blk["ln2"]) @ blk["ff1"]["w"] + blk["ff1"]["b"])
-            h = h + f @ blk["ff2"]["w"] + blk["ff2"]["b"]
-        return norm(h, p["ln"]) @ p["out"]["w"] + p["out"]["b"]
+        t = x.shape[1]
+        h = _transformer_blocks(p["blocks"], p["emb"][x] + p["pos"][:t], heads, causal[:t, :t])
+        return _layer_norm(h, p["ln"]) @ p["out"]["w"] + p["out"]["b"]
 
     def loss(p, windows, step):
         del step
         lg = logits(p, windows[:, :-1])
         return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(lg, windows[:, 1:]))
-
-    def make_batch(key, step):
-        del step
-        starts = jax.random.randint(key, (batch,), 0, train_text.shape[0] - seq_len - 1)
-        return jax.vmap(lambda s: jax.lax.dynamic_slice(train_text, (s,), (seq_len + 1,)))(starts)
 
     return Task(
         "lm",
@@ -924,8 +907,8 @@ def summary(rows, ratio, diverged, cells):
         out.append(
             {
                 "strategy": name,
-                "within_5pct": int(np.sum(run <= 1.05)),
-                "cells": int(run.size),
+                "within_5pct": _within(ratio[r])[0],
+                "cells": _within(ratio[r])[1],
                 "selection": _within(ratio[r, sel]),
                 "held_out": _within(ratio[r, held]),
                 "median_regret": float(np.median(run - 1.0)) if run.size else float("nan"),

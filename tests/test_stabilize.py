@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from _subprocess import run_script
 
 import adaclip
 
@@ -242,13 +243,4 @@ print("OK")
 
 
 def test_fsdp_shard_map_equals_one_device():
-    import os
-    import subprocess
-    import sys
-
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    env["JAX_PLATFORMS"] = "cpu"
-    result = subprocess.run(
-        [sys.executable, "-c", FSDP_SCRIPT], capture_output=True, text=True, timeout=300, env=env
-    )
-    assert result.returncode == 0 and "OK" in result.stdout, result.stdout + result.stderr
+    run_script(FSDP_SCRIPT, timeout=300)
